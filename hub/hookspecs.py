@@ -1,0 +1,153 @@
+"""Hook specifications: every extension point of qlora-hub.
+
+Registration hooks follow one pattern, ``register_<things>(register)``: the
+host passes a ``register`` callback, the plugin calls it once per object.
+The callback checks the object against its protocol (``hub.types``) and its
+name, and refuses a name another plugin already registered.
+
+Lifecycle hooks are called for every implementation, in pluggy's order
+(last registered first, ``tryfirst``/``trylast`` respected), except
+``key_provider``, which is ``firstresult``.
+
+docs/hooks.md has one section per hook with its exact signature; a test
+fails when a hook here is missing there.
+"""
+
+from hub import hookspec
+
+
+@hookspec
+def register_quantizers(register):
+    """Register quantizers: ways to load a base model in low precision.
+
+    :param register: callback ``register(quantizer)``; ``quantizer`` satisfies
+        :class:`hub.types.Quantizer` and its ``name`` is unique across plugins.
+    :return: ignored.
+    """
+
+
+@hookspec
+def register_adapters(register):
+    """Register adapter methods: ways to attach, save and load trainable adapters.
+
+    :param register: callback ``register(method)``; ``method`` satisfies
+        :class:`hub.types.AdapterMethod` and its ``name`` is unique across plugins.
+    :return: ignored.
+    """
+
+
+@hookspec
+def register_optimizers(register):
+    """Register optimizer factories used by ``qlora-hub train``.
+
+    :param register: callback ``register(factory)``; ``factory`` satisfies
+        :class:`hub.types.OptimizerFactory` and its ``name`` is unique across plugins.
+    :return: ignored.
+    """
+
+
+@hookspec
+def register_storage(register):
+    """Register storage backends that keep adapter versions.
+
+    :param register: callback ``register(backend_class)``; the class satisfies
+        :class:`hub.types.StorageBackend` (it is instantiated per data
+        directory) and its ``name`` is unique across plugins.
+    :return: ignored.
+    """
+
+
+@hookspec
+def register_aggregators(register):
+    """Register aggregators that merge adapters contributed by several teams.
+
+    :param register: callback ``register(aggregator)``; ``aggregator``
+        satisfies :class:`hub.types.Aggregator` and its ``name`` is unique
+        across plugins.
+    :return: ignored.
+    """
+
+
+@hookspec
+def register_routes(register):
+    """Register extra HTTP route handlers mounted by ``qlora-hub serve``.
+
+    :param register: callback ``register(handler)``; ``handler`` is a
+        Litestar route handler or ``Router`` (anything ``Litestar(route_handlers=...)``
+        accepts). Its paths must not collide with the server's own.
+    :return: ignored.
+    """
+
+
+@hookspec
+def register_commands(cli):
+    """Add command-line commands.
+
+    :param cli: the root ``click.Group`` of ``qlora-hub``. Add top-level
+        commands with ``@cli.command()``, or extend a built-in group such as
+        ``cli.commands["bench"]`` or ``cli.commands["team"]``. Import heavy
+        libraries inside the command function, not at module level, so
+        ``qlora-hub --help`` stays fast.
+    :return: ignored.
+    """
+
+
+@hookspec
+def validate_adapter(adapter):
+    """Policy check on an adapter before it is stored or loaded.
+
+    Called for every implementation; any problem vetoes the adapter.
+
+    :param adapter: a :class:`hub.types.AdapterPayload` (name, version, files
+        as bytes, manifest). Treat it as read-only.
+    :return: ``None`` or an empty list to accept; a list of one-line problem
+        descriptions (strings) to refuse.
+    """
+
+
+@hookspec
+def adapter_published(ref, team, manifest):
+    """Notification: an adapter version was stored.
+
+    :param ref: the :class:`hub.types.AdapterRef` of the new version.
+    :param team: name of the team that published it.
+    :param manifest: the signed manifest, a ``dict`` (read-only).
+    :return: ignored.
+    """
+
+
+@hookspec
+def adapter_loaded(ref, team, where):
+    """Notification: an adapter version was read from storage into memory.
+
+    :param ref: the :class:`hub.types.AdapterRef` that was loaded.
+    :param team: name of the team on whose behalf it was loaded.
+    :param where: short label of the consumer, e.g. ``"server"``, ``"cli"``, ``"fed"``.
+    :return: ignored.
+    """
+
+
+@hookspec
+def training_event(event):
+    """Notification: a training step or evaluation produced metrics.
+
+    :param event: ``dict`` with at least ``"kind"`` (``"step"``, ``"eval"``,
+        ``"end"``) and ``"step"``; step events carry ``"loss"`` and
+        ``"learning_rate"``, eval events ``"eval_loss"``.
+    :return: ignored.
+    """
+
+
+@hookspec(firstresult=True)
+def key_provider(team, purpose):
+    """Supply a team's private key bundle from somewhere other than its key file.
+
+    This hook is ``firstresult``: the first implementation that returns
+    something other than ``None`` wins and the rest are not called.
+
+    :param team: the team name whose private keys are needed.
+    :param purpose: why they are needed: ``"decrypt"``, ``"sign"`` or ``"fed"``.
+    :return: the private key bundle as ``bytes`` (the JSON format documented
+        in docs/security.md), or ``None`` to fall through to the next provider
+        and finally to the passphrase-protected key file.
+    """

@@ -1,0 +1,80 @@
+"""Typed registries: the ``register`` callback handed to registration hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from hub.errors import PluginError, UnknownNameError
+
+
+def protocol_members(protocol: type) -> list[str]:
+    """Public attribute and method names a protocol requires."""
+    names = set(getattr(protocol, "__annotations__", {}))
+    names.update(
+        k for k, v in vars(protocol).items() if not k.startswith("_") and callable(v)
+    )
+    return sorted(names)
+
+
+class Registry:
+    """Objects of one kind (quantizers, storage backends, ...) keyed by their ``name``.
+
+    Args:
+        kind: human name of the kind, used in messages ("quantizer").
+        protocol: the ``typing.Protocol`` every object must satisfy.
+    """
+
+    def __init__(self, kind: str, protocol: type) -> None:
+        self.kind = kind
+        self.protocol = protocol
+        self._objects: dict[str, Any] = {}
+        self._owners: dict[str, str] = {}
+
+    def register(self, obj: Any, *, plugin: str) -> None:
+        """Validate ``obj`` and add it under ``obj.name``; ``plugin`` is who registered it."""
+        missing = [m for m in protocol_members(self.protocol) if not hasattr(obj, m)]
+        if missing:
+            raise PluginError(
+                f"plugin {plugin!r} registered a {self.kind} {obj!r} that lacks "
+                f"{', '.join(missing)}: implement hub.types.{self.protocol.__name__}"
+            )
+        name = obj.name
+        if not isinstance(name, str) or not name.isidentifier():
+            raise PluginError(
+                f"plugin {plugin!r} registered a {self.kind} named {name!r}: "
+                "names must be Python identifiers (letters, digits, underscore)"
+            )
+        if name in self._objects:
+            raise PluginError(
+                f"{self.kind} {name!r} is registered by both plugins {self._owners[name]!r} "
+                f"and {plugin!r}: switch one off with --disable-plugin"
+            )
+        self._objects[name] = obj
+        self._owners[name] = plugin
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self._objects[name]
+        except KeyError:
+            known = ", ".join(sorted(self._objects)) or "none"
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}: known {self.kind}s are {known}"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._objects
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._objects))
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    def owner(self, name: str) -> str:
+        """Name of the plugin that registered ``name``."""
+        return self._owners[name]
+
+    def by_plugin(self, plugin: str) -> list[str]:
+        """Names registered by ``plugin``."""
+        return sorted(n for n, p in self._owners.items() if p == plugin)

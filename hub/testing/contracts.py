@@ -1,0 +1,77 @@
+"""Contract test suites: one class per protocol, subclassed by plugin tests.
+
+Each suite asks for one fixture that returns the object under test
+(``quantizer``, ``adapter_method``, ``optimizer_factory``,
+``storage_backend``, ``aggregator``). Every suite starts with the checks the
+``register`` callback makes, then adds the behaviour each protocol promises.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from hub.registry import Registry, protocol_members
+from hub.types import (
+    AdapterMethod,
+    Aggregator,
+    OptimizerFactory,
+    Quantizer,
+    StorageBackend,
+)
+
+
+class _ProtocolContract:
+    protocol: type = object
+    kind: str = ""
+    fixture_name: str = ""
+
+    @pytest.fixture
+    def subject(self, request: pytest.FixtureRequest) -> Any:
+        return request.getfixturevalue(self.fixture_name)
+
+    def test_satisfies_protocol(self, subject: Any) -> None:
+        missing = [m for m in protocol_members(self.protocol) if not hasattr(subject, m)]
+        assert missing == [], f"missing members of {self.protocol.__name__}: {missing}"
+
+    def test_name_is_identifier(self, subject: Any) -> None:
+        assert isinstance(subject.name, str) and subject.name.isidentifier()
+
+    def test_has_description(self, subject: Any) -> None:
+        assert isinstance(subject.description, str) and subject.description.strip()
+
+    def test_registers_cleanly(self, subject: Any) -> None:
+        reg = Registry(self.kind, self.protocol)
+        reg.register(subject, plugin="contract-test")
+        assert reg[subject.name] is subject
+
+
+class QuantizerContract(_ProtocolContract):
+    """Provide a ``quantizer`` fixture."""
+
+    protocol, kind, fixture_name = Quantizer, "quantizer", "quantizer"
+
+
+class AdapterMethodContract(_ProtocolContract):
+    """Provide an ``adapter_method`` fixture."""
+
+    protocol, kind, fixture_name = AdapterMethod, "adapter", "adapter_method"
+
+
+class OptimizerFactoryContract(_ProtocolContract):
+    """Provide an ``optimizer_factory`` fixture."""
+
+    protocol, kind, fixture_name = OptimizerFactory, "optimizer", "optimizer_factory"
+
+
+class StorageBackendContract(_ProtocolContract):
+    """Provide a ``storage_backend`` fixture (the registered class)."""
+
+    protocol, kind, fixture_name = StorageBackend, "storage", "storage_backend"
+
+
+class AggregatorContract(_ProtocolContract):
+    """Provide an ``aggregator`` fixture."""
+
+    protocol, kind, fixture_name = Aggregator, "aggregator", "aggregator"

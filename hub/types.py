@@ -1,0 +1,218 @@
+"""Protocols that plugin objects satisfy, and the small value types they exchange.
+
+The ``register`` callback of each registration hook checks objects against
+these protocols (attributes present, ``name`` a valid identifier). Nothing
+here imports torch: tensors cross these interfaces as ``torch.Tensor`` but
+the type is only named in annotations.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from hub.errors import ValidationError
+
+if TYPE_CHECKING:
+    import torch
+
+_VERSION_RE = re.compile(r"^(?P<name>[^@]+?)(?:@(?P<version>latest|\d+))?$")
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """A name and optional version: ``upper``, ``upper@3`` or ``upper@latest``."""
+
+    name: str
+    version: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> AdapterRef:
+        """Parse ``name``, ``name@N`` or ``name@latest`` (latest is ``version=None``)."""
+        m = _VERSION_RE.match(text or "")
+        if not m:
+            raise ValidationError(
+                f"adapter reference {text!r} is malformed: use NAME, NAME@VERSION or NAME@latest"
+            )
+        v = m.group("version")
+        return cls(m.group("name"), None if v in (None, "latest") else int(v))
+
+    def __str__(self) -> str:
+        return self.name if self.version is None else f"{self.name}@{self.version}"
+
+
+@dataclass
+class AdapterPayload:
+    """An adapter held in memory: its files as bytes plus its manifest.
+
+    ``files`` holds exactly what a PEFT adapter directory holds
+    (``adapter_config.json``, ``adapter_model.safetensors``); nothing in it
+    is ever unpickled.
+    """
+
+    name: str
+    files: dict[str, bytes]
+    version: int | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    CONFIG = "adapter_config.json"
+    WEIGHTS = "adapter_model.safetensors"
+
+    @property
+    def ref(self) -> AdapterRef:
+        return AdapterRef(self.name, self.version)
+
+    def config(self) -> dict[str, Any]:
+        """The parsed ``adapter_config.json``."""
+        return json.loads(self.files[self.CONFIG])
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The adapter weights, parsed from safetensors bytes."""
+        from safetensors.torch import load
+
+        return load(self.files[self.WEIGHTS])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(b) for b in self.files.values())
+
+    @classmethod
+    def from_dir(cls, path: Path, name: str, version: int | None = None) -> AdapterPayload:
+        """Read a PEFT adapter directory (safetensors + JSON only)."""
+        path = Path(path)
+        files = {}
+        for fname in (cls.CONFIG, cls.WEIGHTS):
+            p = path / fname
+            if not p.is_file():
+                raise ValidationError(
+                    f"{path} is not a PEFT adapter directory: {fname} is missing"
+                )
+            files[fname] = p.read_bytes()
+        return cls(name=name, files=files, version=version)
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    """One stored adapter version as listed by a storage backend."""
+
+    name: str
+    version: int
+    team: str
+    created: str
+    size: int
+    base_fingerprint: str | None = None
+    shared_with: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class Quantizer(Protocol):
+    """Loads a Hugging Face causal LM in low precision and saves/loads pre-quantized checkpoints."""
+
+    name: str
+    description: str
+
+    def load(self, source: str | Path, options: Mapping[str, Any] | None = None) -> Any:
+        """Load ``source`` (hub id or local path) quantized; returns a ``PreTrainedModel``."""
+
+    def save(self, model: Any, out_dir: Path, manifest: Mapping[str, Any]) -> None:
+        """Write a pre-quantized checkpoint (safetensors) plus ``manifest`` to ``out_dir``."""
+
+    def load_quantized(self, checkpoint: Path) -> Any:
+        """Load a checkpoint written by :meth:`save` without materialising full precision."""
+
+    def footprint(self, model: Any) -> Mapping[str, Any]:
+        """Bytes and bits per parameter of a loaded model."""
+
+
+@runtime_checkable
+class AdapterMethod(Protocol):
+    """Attaches trainable adapters to a base, and saves/loads them in PEFT format."""
+
+    name: str
+    description: str
+
+    def attach(self, model: Any, options: Mapping[str, Any]) -> Any:
+        """Return ``model`` wrapped with a fresh trainable adapter."""
+
+    def load(self, model: Any, adapter: AdapterPayload, adapter_name: str) -> Any:
+        """Attach the weights in ``adapter`` to ``model`` under ``adapter_name``."""
+
+    def save(self, model: Any, out_dir: Path) -> None:
+        """Write the trained adapter as a PEFT directory (safetensors + JSON)."""
+
+
+@runtime_checkable
+class OptimizerFactory(Protocol):
+    """Builds an optimizer for the trainable parameters."""
+
+    name: str
+    description: str
+
+    def build(self, params: Iterable[Any], *, lr: float, weight_decay: float = 0.0) -> Any:
+        """Return a ``torch.optim.Optimizer`` over ``params``."""
+
+
+@runtime_checkable
+class StorageBackend(Protocol):
+    """Keeps adapter versions. Registered as a class; instantiated as ``cls(root, **options)``."""
+
+    name: str
+    description: str
+
+    def push(
+        self, adapter: AdapterPayload, *, team: str, metadata: Mapping[str, Any] | None = None
+    ) -> AdapterRef:
+        """Store ``adapter`` as a new version of ``adapter.name``; never overwrites."""
+
+    def pull(self, ref: AdapterRef, *, team: str) -> AdapterPayload:
+        """Return a stored version, verified, in memory."""
+
+    def list(self, *, team: str) -> list[AdapterRecord]:
+        """The versions ``team`` may read."""
+
+    def share(self, ref: AdapterRef, *, team: str, with_team: str) -> AdapterRef:
+        """Let ``with_team`` read ``ref``."""
+
+    def revoke(self, ref: AdapterRef, *, team: str, from_team: str) -> AdapterRef:
+        """Stop ``from_team`` reading ``ref`` from now on."""
+
+    def delete(self, ref: AdapterRef, *, team: str) -> None:
+        """Remove a version (or every version when ``ref.version`` is ``None``)."""
+
+
+@runtime_checkable
+class Aggregator(Protocol):
+    """Merges adapter updates from several teams (see docs/federated.md)."""
+
+    name: str
+    description: str
+
+    def init_round(
+        self, round_dir: Path, *, round_id: str, teams: list[str], mode: str, **params: Any
+    ) -> None:
+        """Key holder: create the round's keys and public parameters in ``round_dir``."""
+
+    def contribute(
+        self, round_dir: Path, *, team: str, update: Mapping[str, Any], weight: float
+    ) -> Path:
+        """A team: write its (encrypted) weighted update; return the file written."""
+
+    def aggregate(self, round_dir: Path) -> Path:
+        """Aggregator: combine every contribution; return the aggregate file."""
+
+    def finalize(self, round_dir: Path) -> dict[str, Any]:
+        """Key holder: decrypt the aggregate; return the merged tensors."""
+
+
+PROTOCOLS: dict[str, type] = {
+    "quantizer": Quantizer,
+    "adapter": AdapterMethod,
+    "optimizer": OptimizerFactory,
+    "storage": StorageBackend,
+    "aggregator": Aggregator,
+}
+"""Registry kind -> protocol its objects satisfy."""

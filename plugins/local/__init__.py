@@ -1,0 +1,1 @@
+"""Built-in plugin `local` (filled in by its issue)."""

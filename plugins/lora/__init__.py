@@ -1,0 +1,1 @@
+"""Built-in plugin `lora` (filled in by its issue)."""

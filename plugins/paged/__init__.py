@@ -1,0 +1,1 @@
+"""Built-in plugin `paged` (filled in by its issue)."""

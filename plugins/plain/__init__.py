@@ -1,0 +1,1 @@
+"""Built-in plugin `plain` (filled in by its issue)."""

@@ -1,0 +1,1 @@
+"""Built-in plugin `vault` (filled in by its issue)."""
