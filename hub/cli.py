@@ -60,26 +60,50 @@ _GROUPS = {
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--home", type=click.Path(path_type=Path), default=None,
-              help="Data directory [env QLORA_HUB_HOME; default ~/.qlora-hub].")
-@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
-              help="Settings file [default <home>/qlora-hub.toml].")
-@click.option("--disable-plugin", "disabled", multiple=True, metavar="NAME",
-              help="Switch a plugin off (repeatable) [env QLORA_HUB_DISABLE_PLUGINS=a,b].")
+@click.option(
+    "--home",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Data directory [env QLORA_HUB_HOME; default ~/.qlora-hub].",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Settings file [default <home>/qlora-hub.toml].",
+)
+@click.option(
+    "--disable-plugin",
+    "disabled",
+    multiple=True,
+    metavar="NAME",
+    help="Switch a plugin off (repeatable) [env QLORA_HUB_DISABLE_PLUGINS=a,b].",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks for errors.")
 @click.version_option(__version__, prog_name="qlora-hub")
 @click.pass_context
-def _root(ctx: click.Context, home: Path | None, config_file: Path | None,
-          disabled: tuple[str, ...], verbose: bool) -> None:
+def _root(
+    ctx: click.Context,
+    home: Path | None,
+    config_file: Path | None,
+    disabled: tuple[str, ...],
+    verbose: bool,
+) -> None:
     """qlora-hub: fine-tune, store, share, merge and serve QLoRA adapters."""
     hub = ctx.obj if isinstance(ctx.obj, Hub) else Hub(disable=[*disabled_from_env(), *disabled])
-    ctx.obj = CliState(hub=hub, home=home or default_home(), config_file=config_file,
-                       verbose=verbose)
+    ctx.obj = CliState(
+        hub=hub, home=home or default_home(), config_file=config_file, verbose=verbose
+    )
 
 
 @click.command("init")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Output directory [default <home>/base].")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output directory [default <home>/base].",
+)
 @click.option("--force", is_flag=True, help="Overwrite a non-empty output directory.")
 @pass_state
 def base_init(state: CliState, out: Path | None, force: bool) -> None:
@@ -108,8 +132,9 @@ def plugins_cmd(state: CliState, as_json: bool) -> None:
         table.add_column(col)
     for row in rows:
         registered = "; ".join(f"{k}: {', '.join(v)}" for k, v in row["registered"].items())
-        table.add_row(row["name"], row["distribution"], row["version"],
-                      ", ".join(row["hooks"]), registered)
+        table.add_row(
+            row["name"], row["distribution"], row["version"], ", ".join(row["hooks"]), registered
+        )
     Console().print(table)
 
 
@@ -146,8 +171,11 @@ def _early_disabled(argv: list[str]) -> list[str]:
 def make_cli(hub: Hub) -> click.Group:
     """A fresh root group with the core commands and every plugin's commands."""
     root = click.Group(
-        name="qlora-hub", callback=_root.callback, params=list(_root.params),
-        help=_root.help, context_settings=_root.context_settings,
+        name="qlora-hub",
+        callback=_root.callback,
+        params=list(_root.params),
+        help=_root.help,
+        context_settings=_root.context_settings,
     )
     for name, help_text in _GROUPS.items():
         root.add_command(click.Group(name=name, help=help_text))

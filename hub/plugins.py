@@ -100,7 +100,14 @@ class Hub:
         if builtins:
             for module in BUILTIN_PLUGINS:
                 candidates.append(
-                    (builtin_name(module), _importer(module), "qlora-hub", __version__, True, module)
+                    (
+                        builtin_name(module),
+                        _importer(module),
+                        "qlora-hub",
+                        __version__,
+                        True,
+                        module,
+                    )
                 )
         if entry_points:
             for ep in _entry_points():
@@ -124,12 +131,25 @@ class Hub:
             self._add(name, load, dist, ver, builtin, module)
         for name, plugin in extras:
             if name not in disabled:
-                self._add(name, lambda p=plugin: p, "(registered in process)", "", False,
-                          getattr(plugin, "__name__", repr(plugin)))
+                self._add(
+                    name,
+                    lambda p=plugin: p,
+                    "(registered in process)",
+                    "",
+                    False,
+                    getattr(plugin, "__name__", repr(plugin)),
+                )
         self._check_pending()
 
-    def _add(self, name: str, load: Callable[[], Any], dist: str, version: str,
-             builtin: bool, module: str) -> None:
+    def _add(
+        self,
+        name: str,
+        load: Callable[[], Any],
+        dist: str,
+        version: str,
+        builtin: bool,
+        module: str,
+    ) -> None:
         """Import one plugin and register it with pluggy (the one path for every plugin)."""
         if name in self.infos:
             raise PluginError(
@@ -170,7 +190,9 @@ class Hub:
             reg = Registry(kind, PROTOCOLS[kind])
             caller = getattr(self.pm.hook, REGISTRATION_HOOKS[kind])
             for impl in caller.get_hookimpls():
-                impl.function(register=lambda obj, _p=impl.plugin_name: reg.register(obj, plugin=_p))
+                impl.function(
+                    register=lambda obj, _p=impl.plugin_name: reg.register(obj, plugin=_p)
+                )
             self._registries[kind] = reg
         return self._registries[kind]
 

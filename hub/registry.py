@@ -11,9 +11,7 @@ from hub.errors import PluginError, UnknownNameError
 def protocol_members(protocol: type) -> list[str]:
     """Public attribute and method names a protocol requires."""
     names = set(getattr(protocol, "__annotations__", {}))
-    names.update(
-        k for k, v in vars(protocol).items() if not k.startswith("_") and callable(v)
-    )
+    names.update(k for k, v in vars(protocol).items() if not k.startswith("_") and callable(v))
     return sorted(names)
 
 

@@ -88,9 +88,7 @@ class AdapterPayload:
         for fname in (cls.CONFIG, cls.WEIGHTS):
             p = path / fname
             if not p.is_file():
-                raise ValidationError(
-                    f"{path} is not a PEFT adapter directory: {fname} is missing"
-                )
+                raise ValidationError(f"{path} is not a PEFT adapter directory: {fname} is missing")
             files[fname] = p.read_bytes()
         return cls(name=name, files=files, version=version)
 

@@ -21,13 +21,11 @@ from typing import Any
 import pytest
 
 from hub.plugins import Hub
-from hub.testing.contracts import (
-    AdapterMethodContract,
-    AggregatorContract,
-    OptimizerFactoryContract,
-    QuantizerContract,
-    StorageBackendContract,
-)
+from hub.testing.adapter import AdapterMethodContract
+from hub.testing.aggregator import AggregatorContract
+from hub.testing.optimizer import OptimizerFactoryContract
+from hub.testing.quantizer import QuantizerContract
+from hub.testing.storage import StorageBackendContract
 
 __all__ = [
     "AdapterMethodContract",
@@ -48,10 +46,15 @@ def hub_factory() -> Iterator[Callable[..., Hub]]:
     """
     made: list[Hub] = []
 
-    def make(*plugins: Any, builtins: bool = False, entry_points: bool = False,
-             disable: tuple[str, ...] = ()) -> Hub:
-        extra = [p if isinstance(p, tuple) else (getattr(p, "__name__", repr(p)), p)
-                 for p in plugins]
+    def make(
+        *plugins: Any,
+        builtins: bool = False,
+        entry_points: bool = False,
+        disable: tuple[str, ...] = (),
+    ) -> Hub:
+        extra = [
+            p if isinstance(p, tuple) else (getattr(p, "__name__", repr(p)), p) for p in plugins
+        ]
         h = Hub(builtins=builtins, entry_points=entry_points, extra=extra, disable=disable)
         made.append(h)
         return h
