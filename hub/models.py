@@ -1,0 +1,74 @@
+"""Loading a base model for training or serving, whatever form it is in.
+
+A base is either a Hugging Face model (hub id or directory), quantized on
+load by a quantizer, or a pre-quantized checkpoint written by
+``qlora-hub quantize``, recognised by its manifest file
+(:data:`CHECKPOINT_MANIFEST`) and loaded without materialising full precision.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hub.base import fingerprint
+
+if TYPE_CHECKING:
+    from hub.plugins import Hub
+
+CHECKPOINT_MANIFEST = "qlora-hub-quant.json"
+"""Manifest of a pre-quantized checkpoint: method, options, base fingerprint, file hashes."""
+
+
+@dataclass
+class LoadedBase:
+    """A base model ready for adapters."""
+
+    model: Any
+    tokenizer: Any
+    fingerprint: str
+    """sha256 of the *source* weights: the same for a model and its pre-quantized checkpoint."""
+    method: str
+    source: str
+
+
+def is_checkpoint(source: str | Path) -> bool:
+    """True when ``source`` is a directory holding a pre-quantized checkpoint manifest."""
+    return (Path(source) / CHECKPOINT_MANIFEST).is_file()
+
+
+def read_checkpoint_manifest(source: str | Path) -> dict[str, Any]:
+    """The parsed manifest of a pre-quantized checkpoint."""
+    return json.loads((Path(source) / CHECKPOINT_MANIFEST).read_text())
+
+
+def load_base(
+    hub: Hub, source: str | Path, method: str | None = None, options: dict[str, Any] | None = None
+) -> LoadedBase:
+    """Load ``source`` as a quantized base.
+
+    Args:
+        hub: the plugin host (its quantizer registry is used).
+        source: pre-quantized checkpoint directory, Hugging Face model directory, or hub id.
+        method: quantizer name for a non-checkpoint source (default ``nf4``); ignored for
+            checkpoints, whose manifest names the method.
+        options: quantizer options for a non-checkpoint source.
+    """
+    from transformers import AutoTokenizer
+
+    if is_checkpoint(source):
+        manifest = read_checkpoint_manifest(source)
+        quantizer = hub.quantizers[manifest["method"]]
+        model = quantizer.load_quantized(Path(source))
+        fp = manifest["base_fingerprint"]
+        method = manifest["method"]
+    else:
+        method = method or "nf4"
+        quantizer = hub.quantizers[method]
+        model = quantizer.load(source, options or {})
+        fp = fingerprint(Path(source)) if Path(source).is_dir() else f"hf:{source}"
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    return LoadedBase(model=model, tokenizer=tokenizer, fingerprint=fp, method=method,
+                      source=str(source))
