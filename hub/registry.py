@@ -15,6 +15,10 @@ def protocol_members(protocol: type) -> list[str]:
     return sorted(names)
 
 
+def _a(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
+
+
 class Registry:
     """Objects of one kind (quantizers, storage backends, ...) keyed by their ``name``.
 
@@ -34,13 +38,13 @@ class Registry:
         missing = [m for m in protocol_members(self.protocol) if not hasattr(obj, m)]
         if missing:
             raise PluginError(
-                f"plugin {plugin!r} registered a {self.kind} {obj!r} that lacks "
+                f"plugin {plugin!r} registered {_a(self.kind)} {obj!r} that lacks "
                 f"{', '.join(missing)}: implement hub.types.{self.protocol.__name__}"
             )
         name = obj.name
         if not isinstance(name, str) or not name.isidentifier():
             raise PluginError(
-                f"plugin {plugin!r} registered a {self.kind} named {name!r}: "
+                f"plugin {plugin!r} registered {_a(self.kind)} named {name!r}: "
                 "names must be Python identifiers (letters, digits, underscore)"
             )
         if name in self._objects:
