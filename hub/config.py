@@ -49,6 +49,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, type]]] = {
     "vault": {
         "chunk_size": (1 << 20, int),
         "max_adapter_bytes": (2 << 30, int),
+        "blob_url": ("", str),
     },
     "serve": {
         "host": ("127.0.0.1", str),
@@ -66,6 +67,9 @@ SCHEMA: dict[str, dict[str, tuple[Any, type]]] = {
         "poly_modulus_degree": (8192, int),
         "coeff_mod_bit_sizes": ([60, 40, 40, 60], list),
         "global_scale_bits": (40, int),
+        "aggregator": ("ckks", str),
+        "rounds_dir": ("", str),  # shared round directories; "" means <home>/fed/rounds
+        "threads": (0, int),  # TenSEAL threads; 0 means one per CPU core
     },
 }
 

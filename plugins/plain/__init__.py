@@ -1,1 +1,33 @@
-"""Built-in plugin `plain` (filled in by its issue)."""
+"""Built-in plugin ``plain``: the unencrypted reference aggregator.
+
+Same rounds, files, signatures, checks and merge maths as ``ckks`` (it reuses
+:class:`plugins.ckks.aggregator.RoundAggregator`), with float64 chunks in the
+clear. Use it to check ``ckks`` results and to measure what encryption costs;
+never for real cross-team merges, since the aggregator sees every update.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hub import hookimpl
+
+
+def _codec() -> Any:
+    from plugins.plain.codec import PlainCodec
+
+    return PlainCodec()
+
+
+@hookimpl
+def register_aggregators(register: Any) -> None:
+    """Register ``plain``."""
+    from plugins.ckks.aggregator import RoundAggregator
+
+    register(
+        RoundAggregator(
+            "plain",
+            "Reference aggregator without encryption (same maths as ckks; for checks and benchmarks)",
+            _codec,
+        )
+    )
