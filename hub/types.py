@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -184,26 +184,62 @@ class StorageBackend(Protocol):
 
 @runtime_checkable
 class Aggregator(Protocol):
-    """Merges adapter updates from several teams (see docs/federated.md)."""
+    """Merges adapter updates from several teams in rounds (see docs/federated.md).
+
+    A round lives in a shared directory; each role may run on its own machine
+    and only exchanges files through it. ``sign(payload) -> dict`` and
+    ``verify(team, payload, signatures)`` (raises ``IntegrityError``) come
+    from the caller, so an aggregator needs no key store of its own.
+    """
 
     name: str
     description: str
 
     def init_round(
-        self, round_dir: Path, *, round_id: str, teams: list[str], mode: str, **params: Any
-    ) -> None:
-        """Key holder: create the round's keys and public parameters in ``round_dir``."""
+        self,
+        round_dir: Path,
+        *,
+        round_id: str,
+        teams: Sequence[str],
+        mode: str,
+        key_dir: Path,
+        params: Mapping[str, Any] | None = None,
+        key_holder: str | None = None,
+        sign: Callable[[bytes], Mapping[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """Key holder: write the signed round manifest and public parameters to ``round_dir``
+        (shared) and any secret key to ``key_dir`` (private); return the manifest."""
 
     def contribute(
-        self, round_dir: Path, *, team: str, update: Mapping[str, Any], weight: float
+        self,
+        round_dir: Path,
+        *,
+        team: str,
+        adapter: AdapterPayload,
+        weight: float,
+        sign: Callable[[bytes], Mapping[str, Any]] | None,
+        verify: Callable[[str, bytes, Mapping[str, Any]], None] | None = None,
     ) -> Path:
-        """A team: write its (encrypted) weighted update; return the file written."""
+        """A team: write its (encrypted) ``weight``-scaled update, signed and bound to the
+        round, team, shapes and parameters; return the file written."""
 
-    def aggregate(self, round_dir: Path) -> Path:
-        """Aggregator: combine every contribution; return the aggregate file."""
+    def aggregate(
+        self, round_dir: Path, *, verify: Callable[[str, bytes, Mapping[str, Any]], None] | None
+    ) -> Path:
+        """Aggregator: check and combine every contribution without modifying any; return
+        the aggregate file."""
 
-    def finalize(self, round_dir: Path) -> dict[str, Any]:
-        """Key holder: decrypt the aggregate; return the merged tensors."""
+    def finalize(
+        self,
+        round_dir: Path,
+        *,
+        key_dir: Path,
+        name: str,
+        rank: int | None = None,
+        verify: Callable[[str, bytes, Mapping[str, Any]], None] | None = None,
+    ) -> AdapterPayload:
+        """Key holder: decrypt the aggregate and return the merged PEFT adapter (bf16);
+        ``manifest["fed"]`` reports the round, teams, weights and mode details."""
 
 
 PROTOCOLS: dict[str, type] = {
