@@ -1,0 +1,5 @@
+"""Placeholder; the adapters commands follow."""
+
+
+def add_to(cli):
+    """Nothing yet."""

@@ -1,0 +1,127 @@
+"""The vault's SQLite index: names, versions, per-team grants, the audit head.
+
+The index is the source of truth for what exists: a version becomes visible
+only when its row commits, after all its blobs are durable, so a crashed
+push leaves nothing listed. Every write is one ``BEGIN IMMEDIATE``
+transaction, which serializes writers across processes. No secret ever
+goes in here: only names, ids, hashes and team names.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS names (
+    name_key TEXT PRIMARY KEY,       -- casefolded name: case collisions are one row
+    name TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    last_version INTEGER NOT NULL    -- highest version ever reserved; never reused
+);
+CREATE TABLE IF NOT EXISTS versions (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    object_id TEXT NOT NULL UNIQUE,
+    publisher TEXT NOT NULL,
+    created TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    base_fingerprint TEXT,
+    manifest_sha256 TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS grants (
+    object_id TEXT NOT NULL,
+    team TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('active', 'revoked')),
+    PRIMARY KEY (object_id, team)
+);
+CREATE TABLE IF NOT EXISTS audit_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    size INTEGER NOT NULL            -- byte length of the log up to that entry
+);
+"""
+
+
+class Index:
+    """Thin wrapper over one SQLite file; opens a short-lived connection per operation."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = self._connect()
+        try:
+            db.executescript(_SCHEMA)
+        finally:
+            db.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        return db
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One exclusive write transaction (commits on success, rolls back on error)."""
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A connection for consistent reads."""
+        db = self._connect()
+        try:
+            yield db
+        finally:
+            db.close()
+
+    # -- queries used by the backend ------------------------------------------------
+    def name_row(self, db: sqlite3.Connection, name_key: str) -> sqlite3.Row | None:
+        """The ``names`` row for a casefolded name."""
+        return db.execute("SELECT * FROM names WHERE name_key = ?", (name_key,)).fetchone()
+
+    def version_row(self, db: sqlite3.Connection, name: str, version: int) -> sqlite3.Row | None:
+        """One committed version."""
+        return db.execute(
+            "SELECT * FROM versions WHERE name = ? AND version = ?", (name, version)
+        ).fetchone()
+
+    def grants(self, db: sqlite3.Connection, object_id: str) -> dict[str, str]:
+        """team -> 'active' | 'revoked' for one object."""
+        rows = db.execute("SELECT team, state FROM grants WHERE object_id = ?", (object_id,))
+        return {r["team"]: r["state"] for r in rows}
+
+    def versions_of(self, db: sqlite3.Connection, name: str) -> list[sqlite3.Row]:
+        """Every committed version of ``name``, oldest first."""
+        return db.execute(
+            "SELECT * FROM versions WHERE name = ? ORDER BY version", (name,)
+        ).fetchall()
+
+    def visible(self, db: sqlite3.Connection, team: str) -> list[dict[str, Any]]:
+        """Versions ``team`` holds an active grant for, with their active readers."""
+        rows = db.execute(
+            "SELECT v.* FROM versions v JOIN grants g ON g.object_id = v.object_id "
+            "WHERE g.team = ? AND g.state = 'active' ORDER BY v.name, v.version",
+            (team,),
+        ).fetchall()
+        out = []
+        for r in rows:
+            readers = sorted(t for t, s in self.grants(db, r["object_id"]).items() if s == "active")
+            out.append(dict(r) | {"shared_with": tuple(readers)})
+        return out

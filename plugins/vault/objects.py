@@ -1,0 +1,233 @@
+"""The stored object format: chunked AES-256-GCM payload, signed manifest, wrapped keys.
+
+One adapter version is three kinds of blob under ``objects/<object id>/``:
+
+``payload``
+    header (41 bytes: ``QHVP``, format 1, object id, version, chunk size,
+    chunk count, plaintext length) then per chunk ``nonce(12) || ciphertext
+    || tag(16)``. Each chunk's associated data is the header plus the chunk
+    index and a last-chunk flag, so chunks cannot be dropped, duplicated,
+    reordered, truncated or moved between objects without failing.
+``manifest``
+    JSON ``{"manifest": {...}, "signature": base64}``; the publisher signs the
+    canonical JSON of the manifest (name, version, object id, publisher,
+    base fingerprint, SHA-256 of every file, metadata, created time).
+``keys/<team>``
+    JSON holding the data key HPKE-wrapped to that team's public key, with
+    the recipient key fingerprint; HPKE ``info`` binds object id, version and
+    team, so a wrapped key cannot be moved to another object or team.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from hub.errors import AccessError, IntegrityError
+from hub.teams import Identity, PublicIdentity, verify, wrap
+
+MAGIC = b"QHVP"
+FORMAT = 1
+_HEADER = struct.Struct(">4sB16sIIIQ")
+NONCE, TAG = 12, 16
+MANIFEST_FORMAT = "qlora-hub-manifest/1"
+
+
+def canonical(obj: Any) -> bytes:
+    """Canonical JSON bytes (sorted keys, no spaces): what signatures cover."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+@dataclass(frozen=True)
+class PayloadHeader:
+    """The fixed-size header of a payload blob."""
+
+    object_id: bytes
+    version: int
+    chunk_size: int
+    chunks: int
+    length: int
+
+    def pack(self) -> bytes:
+        """Header bytes (also the start of every chunk's associated data)."""
+        return _HEADER.pack(
+            MAGIC, FORMAT, self.object_id, self.version, self.chunk_size, self.chunks, self.length
+        )
+
+    @classmethod
+    def unpack(cls, blob: bytes) -> PayloadHeader:
+        """Parse and sanity-check a header; raises IntegrityError."""
+        if len(blob) < _HEADER.size:
+            raise IntegrityError("payload is truncated: the header is incomplete")
+        magic, fmt, oid, version, chunk_size, chunks, length = _HEADER.unpack_from(blob)
+        expect = -(-length // chunk_size) if chunk_size else -1
+        if magic != MAGIC or fmt != FORMAT or chunks != max(expect, 1):
+            raise IntegrityError("payload header is corrupt (magic, format or chunk count)")
+        return cls(oid, version, chunk_size, chunks, length)
+
+
+def _aad(header: bytes, index: int, last: bool) -> bytes:
+    return header + struct.pack(">QB", index, 1 if last else 0)
+
+
+def encrypt_payload(
+    plaintext: bytes | memoryview, key: bytes, object_id: bytes, version: int, chunk_size: int
+) -> bytes:
+    """Encrypt ``plaintext`` in ``chunk_size`` chunks under ``key`` (fresh random nonce each)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    view = memoryview(plaintext)
+    chunks = max(-(-len(view) // chunk_size), 1)
+    header = PayloadHeader(object_id, version, chunk_size, chunks, len(view)).pack()
+    aes = AESGCM(key)
+    out = [header]
+    for i in range(chunks):
+        nonce = os.urandom(NONCE)
+        part = view[i * chunk_size : (i + 1) * chunk_size]
+        out.append(nonce)
+        out.append(aes.encrypt(nonce, part, _aad(header, i, i == chunks - 1)))
+    return b"".join(out)
+
+
+def decrypt_payload(blob: bytes, key: bytes, object_id: bytes, version: int) -> bytearray:
+    """Authenticate and decrypt every chunk; raises IntegrityError on any mismatch.
+
+    The layout (chunk count and sizes) comes from the header, and the header is
+    in every chunk's associated data, so a wrong header fails too.
+    """
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    head = PayloadHeader.unpack(blob)
+    if head.object_id != object_id or head.version != version:
+        raise IntegrityError("payload belongs to another object or version: blobs were swapped")
+    full, rest = divmod(head.length, head.chunk_size)
+    sizes = [head.chunk_size] * full + ([rest] if rest or not full else [])
+    if len(blob) != _HEADER.size + sum(s + NONCE + TAG for s in sizes):
+        raise IntegrityError(
+            "payload length does not match its header: chunks were truncated, dropped or added"
+        )
+    header = blob[: _HEADER.size]
+    view = memoryview(blob)
+    aes = AESGCM(key)
+    out = bytearray()
+    pos = _HEADER.size
+    for i, size in enumerate(sizes):
+        nonce = view[pos : pos + NONCE]
+        body = view[pos + NONCE : pos + NONCE + size + TAG]
+        try:
+            out += aes.decrypt(nonce, body, _aad(header, i, i == len(sizes) - 1))
+        except InvalidTag:
+            raise IntegrityError(
+                f"payload chunk {i} failed authentication: the object was altered or "
+                "its chunks reordered"
+            ) from None
+        pos += NONCE + size + TAG
+    return out
+
+
+def chunk_nonces(blob: bytes) -> list[bytes]:
+    """The nonce of every chunk (for audits and the nonce-uniqueness test)."""
+    head = PayloadHeader.unpack(blob)
+    full, rest = divmod(head.length, head.chunk_size)
+    sizes = [head.chunk_size] * full + ([rest] if rest or not full else [])
+    pos, out = _HEADER.size, []
+    for size in sizes:
+        out.append(bytes(blob[pos : pos + NONCE]))
+        pos += NONCE + size + TAG
+    return out
+
+
+def key_info(object_id: bytes, version: int, team: str) -> bytes:
+    """HPKE ``info`` for a wrapped data key: binds object, version and recipient."""
+    return b"qlora-hub/v1 data-key\x00" + object_id + struct.pack(">I", version) + team.encode()
+
+
+def wrap_key(public: PublicIdentity, data_key: bytes, object_id: bytes, version: int) -> bytes:
+    """The ``keys/<team>`` blob for ``public``."""
+    wrapped = wrap(public, data_key, key_info(object_id, version, public.team))
+    return canonical(
+        {
+            "team": public.team,
+            "recipient": public.fingerprint,
+            "wrapped": base64.b64encode(wrapped).decode(),
+        }
+    )
+
+
+def unwrap_key(identity: Identity, blob: bytes, object_id: bytes, version: int) -> bytes:
+    """Recover the data key from a ``keys/<team>`` blob.
+
+    Raises:
+        AccessError: the key was wrapped for a different key of this team.
+        IntegrityError: the blob was altered.
+    """
+    try:
+        body = json.loads(blob)
+        wrapped = base64.b64decode(body["wrapped"], validate=True)
+        recipient = body["recipient"]
+    except (ValueError, KeyError, TypeError):
+        raise IntegrityError("wrapped data key is corrupt: the object was altered") from None
+    if recipient != identity.public.fingerprint:
+        raise AccessError(
+            f"this object's key was wrapped for another key of team {identity.team!r} "
+            "(the team was re-created?): ask the owner to share it again"
+        )
+    try:
+        return identity.unwrap(wrapped, key_info(object_id, version, identity.team))
+    except AccessError:
+        raise IntegrityError(
+            "wrapped data key does not open: it was altered or moved from another object"
+        ) from None
+
+
+def sign_manifest(identity: Identity, manifest: dict[str, Any]) -> bytes:
+    """The ``manifest`` blob: manifest plus the publisher's hybrid signature."""
+    sig = identity.sign(canonical(manifest), "manifest")
+    return canonical({"manifest": manifest, "signature": base64.b64encode(sig).decode()})
+
+
+def read_manifest(blob: bytes) -> tuple[dict[str, Any], bytes]:
+    """Parse a manifest blob into (manifest, signature) without verifying."""
+    try:
+        body = json.loads(blob)
+        manifest = body["manifest"]
+        sig = base64.b64decode(body["signature"], validate=True)
+        if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+            raise ValueError("format")
+    except (ValueError, KeyError, TypeError):
+        raise IntegrityError("manifest is corrupt: the object was altered") from None
+    return manifest, sig
+
+
+def verify_manifest(public: PublicIdentity, manifest: dict[str, Any], signature: bytes) -> None:
+    """Check the publisher's signature over the manifest; raises IntegrityError."""
+    verify(public, canonical(manifest), signature, "manifest")
+
+
+def file_entries(files: dict[str, bytes]) -> list[dict[str, Any]]:
+    """Manifest ``files``: name, size and SHA-256 of each file, in payload order."""
+    return [
+        {"name": n, "size": len(files[n]), "sha256": hashlib.sha256(files[n]).hexdigest()}
+        for n in sorted(files)
+    ]
+
+
+def split_files(plaintext: bytearray, entries: list[dict[str, Any]]) -> dict[str, bytes]:
+    """Cut the decrypted payload into files, checking every size and SHA-256."""
+    view = memoryview(plaintext)
+    if len(view) != sum(e["size"] for e in entries):
+        raise IntegrityError("decrypted payload length does not match the signed manifest")
+    files, pos = {}, 0
+    for e in entries:
+        part = view[pos : pos + e["size"]]
+        if hashlib.sha256(part).hexdigest() != e["sha256"]:
+            raise IntegrityError(f"file {e['name']} does not match its signed SHA-256")
+        files[e["name"]] = bytes(part)
+        pos += e["size"]
+    return files
