@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hub.base import fingerprint
+from hub.errors import IntegrityError
 
 if TYPE_CHECKING:
     from hub.plugins import Hub
@@ -40,8 +41,17 @@ def is_checkpoint(source: str | Path) -> bool:
 
 
 def read_checkpoint_manifest(source: str | Path) -> dict[str, Any]:
-    """The parsed manifest of a pre-quantized checkpoint."""
-    return json.loads((Path(source) / CHECKPOINT_MANIFEST).read_text())
+    """The parsed manifest of a pre-quantized checkpoint; a malformed one is an IntegrityError."""
+    path = Path(source) / CHECKPOINT_MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        manifest = None
+    if not isinstance(manifest, dict) or "method" not in manifest:
+        raise IntegrityError(
+            f"{path} is not a valid checkpoint manifest: re-run qlora-hub quantize"
+        )
+    return manifest
 
 
 def load_base(
@@ -68,7 +78,11 @@ def load_base(
         method = method or "nf4"
         quantizer = hub.quantizers[method]
         model = quantizer.load(source, options or {})
-        fp = fingerprint(Path(source)) if Path(source).is_dir() else f"hf:{source}"
+        # A quantizer may record the fingerprint it computed (pickle weights, hub ids).
+        fp = (getattr(model, "qlora_hub_quant", None) or {}).get("base_fingerprint") or (
+            fingerprint(Path(source)) if Path(source).is_dir() else f"hf:{source}"
+        )
     tokenizer = AutoTokenizer.from_pretrained(str(source))
-    return LoadedBase(model=model, tokenizer=tokenizer, fingerprint=fp, method=method,
-                      source=str(source))
+    return LoadedBase(
+        model=model, tokenizer=tokenizer, fingerprint=fp, method=method, source=str(source)
+    )
