@@ -56,7 +56,7 @@ def ensure_empty_dir(out_dir: Path) -> None:
     out_dir = Path(out_dir)
     if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir())):
         raise ValidationError(
-            f"--out {out_dir} is not empty: choose a new or empty directory (nothing was written)"
+            f"output directory {out_dir} is not empty: choose a new or empty --out (nothing was written)"
         )
 
 

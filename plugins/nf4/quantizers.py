@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.errors import ValidationError
-from plugins.nf4.checkpoint import verify_checkpoint, write_checkpoint
+from plugins.nf4.checkpoint import ensure_empty_dir, verify_checkpoint, write_checkpoint
 from plugins.nf4.footprint import model_footprint
 from plugins.nf4.options import QuantOptions, parse_options
 from plugins.nf4.source import (
@@ -174,6 +174,7 @@ class BnbQuantizer:
                 f"cannot save: the model was not loaded by a qlora-hub quantizer and the manifest "
                 f"lacks {', '.join(missing)}; load it with Quantizer.load first"
             )
+        ensure_empty_dir(Path(out_dir))
         if _packed_for_cpu(model):
             raise ValidationError(
                 "cannot save: the model already ran a CPU forward pass, which repacks its 4-bit "
