@@ -156,30 +156,50 @@ class OptimizerFactory(Protocol):
 
 @runtime_checkable
 class StorageBackend(Protocol):
-    """Keeps adapter versions. Registered as a class; instantiated as ``cls(root, **options)``."""
+    """Keeps adapter versions, per team.
+
+    Registered as a class; instantiated as ``cls(root, *, hub=None, **options)``
+    (see :func:`hub.store.open_store`). Options every backend accepts:
+    ``team`` (default acting team, else ``$QLORA_HUB_TEAM``), ``passphrase``
+    (string or zero-argument callable for a protected key file; backends
+    without keys ignore it) and ``home`` (where ``teams/`` and ``trust/``
+    live; default two levels above ``root``). ``team=None`` in any method
+    means that default acting team. A team sees only versions shared with it:
+    anything else is :class:`hub.errors.UnknownNameError`, as if absent.
+    """
 
     name: str
     description: str
 
     def push(
-        self, adapter: AdapterPayload, *, team: str, metadata: Mapping[str, Any] | None = None
+        self,
+        adapter: AdapterPayload,
+        *,
+        team: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        share_with: Iterable[str] = (),
     ) -> AdapterRef:
-        """Store ``adapter`` as a new version of ``adapter.name``; never overwrites."""
+        """Validate and store ``adapter`` as the next version of ``adapter.name``; never overwrites.
 
-    def pull(self, ref: AdapterRef, *, team: str) -> AdapterPayload:
-        """Return a stored version, verified, in memory."""
+        Readers: ``team``, the teams that could read the previous latest version, ``share_with``.
+        """
 
-    def list(self, *, team: str) -> list[AdapterRecord]:
+    def pull(
+        self, ref: AdapterRef, *, team: str | None = None, where: str = "cli"
+    ) -> AdapterPayload:
+        """Return a stored version (``ref.version`` None = latest readable), verified, in memory."""
+
+    def list(self, *, team: str | None = None) -> list[AdapterRecord]:
         """The versions ``team`` may read."""
 
-    def share(self, ref: AdapterRef, *, team: str, with_team: str) -> AdapterRef:
-        """Let ``with_team`` read ``ref``."""
+    def share(self, ref: AdapterRef, *, team: str | None = None, with_team: str) -> AdapterRef:
+        """Let ``with_team`` read ``ref`` (every version when unversioned); owner only."""
 
-    def revoke(self, ref: AdapterRef, *, team: str, from_team: str) -> AdapterRef:
-        """Stop ``from_team`` reading ``ref`` from now on."""
+    def revoke(self, ref: AdapterRef, *, team: str | None = None, from_team: str) -> AdapterRef:
+        """Stop ``from_team`` reading ``ref.name`` from now on; returns the newest version."""
 
-    def delete(self, ref: AdapterRef, *, team: str) -> None:
-        """Remove a version (or every version when ``ref.version`` is ``None``)."""
+    def delete(self, ref: AdapterRef, *, team: str | None = None) -> None:
+        """Remove a version (or every version when ``ref.version`` is ``None``); owner only."""
 
 
 @runtime_checkable

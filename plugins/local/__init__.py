@@ -1,1 +1,11 @@
-"""Built-in plugin `local` (filled in by its issue)."""
+"""Built-in plugin ``local``: plain-file adapter storage for development (no encryption)."""
+
+from hub import hookimpl
+
+
+@hookimpl
+def register_storage(register):
+    """Register :class:`plugins.local.backend.LocalStore`."""
+    from plugins.local.backend import LocalStore
+
+    register(LocalStore)
