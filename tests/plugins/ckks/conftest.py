@@ -15,12 +15,22 @@ from hub.types import AdapterPayload
 MODULES = [f"base_model.model.model.layers.{i}.self_attn.{p}" for i in range(2) for p in "qv"]
 SHAPE_IN, SHAPE_OUT = 256, 256
 # Small but 128-bit-secure parameters for logic tests (N=4096 allows 109 bits).
-LOGIC_PARAMS = {"poly_modulus_degree": 4096, "coeff_mod_bit_sizes": [40, 20, 40], "global_scale_bits": 20}
+LOGIC_PARAMS = {
+    "poly_modulus_degree": 4096,
+    "coeff_mod_bit_sizes": [40, 20, 40],
+    "global_scale_bits": 20,
+}
 
 
 def make_adapter(
-    name: str, seed: int, *, r: int = 4, alpha: int = 8, a_seed: int | None = 7,
-    modules: list[str] = MODULES, scale: float = 0.02,
+    name: str,
+    seed: int,
+    *,
+    r: int = 4,
+    alpha: int = 8,
+    a_seed: int | None = 7,
+    modules: list[str] = MODULES,
+    scale: float = 0.02,
 ) -> AdapterPayload:
     """A PEFT LoRA adapter with seeded random weights; A from ``a_seed`` (frozen-A) if given."""
     import torch
@@ -33,9 +43,16 @@ def make_adapter(
         tensors[f"{m}.lora_A.weight"] = torch.randn(r, SHAPE_IN, generator=gen_a) * scale
         tensors[f"{m}.lora_B.weight"] = torch.randn(SHAPE_OUT, r, generator=gen) * scale
     config = {
-        "peft_type": "LORA", "r": r, "lora_alpha": alpha, "lora_dropout": 0.0,
-        "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM", "bias": "none",
-        "base_model_name_or_path": "embedded", "fan_in_fan_out": False, "use_rslora": False,
+        "peft_type": "LORA",
+        "r": r,
+        "lora_alpha": alpha,
+        "lora_dropout": 0.0,
+        "target_modules": ["q_proj", "v_proj"],
+        "task_type": "CAUSAL_LM",
+        "bias": "none",
+        "base_model_name_or_path": "embedded",
+        "fan_in_fan_out": False,
+        "use_rslora": False,
     }
     files = {
         AdapterPayload.CONFIG: json.dumps(config).encode(),
@@ -80,19 +97,56 @@ def adapters() -> dict[str, AdapterPayload]:
 WEIGHTS = {"a": 0.5, "b": 0.3, "c": 0.2}
 
 
+@pytest.fixture(scope="session")
+def adapter_factory() -> Callable[..., AdapterPayload]:
+    """:func:`make_adapter`: ``adapter_factory(name, seed, r=4, alpha=8, a_seed=7, ...)``."""
+    return make_adapter
+
+
+@pytest.fixture(scope="session")
+def round_runner() -> Callable[..., tuple[Path, Path]]:
+    """:func:`run_round`: init, every team contributes, aggregate."""
+    return run_round
+
+
+@pytest.fixture(scope="session")
+def logic_params() -> dict[str, Any]:
+    """Small 128-bit-secure CKKS parameters (N=4096) for tests about logic, not precision."""
+    return dict(LOGIC_PARAMS)
+
+
 def run_round(
-    agg: Any, root: Path, signers: dict, verifier: Any, adapters: dict[str, AdapterPayload], *,
-    mode: str = "ffa", params: dict | None = LOGIC_PARAMS, round_id: str = "r1",
+    agg: Any,
+    root: Path,
+    signers: dict,
+    verifier: Any,
+    adapters: dict[str, AdapterPayload],
+    *,
+    mode: str = "ffa",
+    params: dict | None = LOGIC_PARAMS,
+    round_id: str = "r1",
     weights: dict[str, float] = WEIGHTS,
 ) -> tuple[Path, Path]:
     """init + contribute for every team + aggregate; returns ``(round_dir, key_dir)``."""
     rdir, kdir = root / "round" / round_id, root / "keys" / round_id
     agg.init_round(
-        rdir, round_id=round_id, teams=list(adapters), mode=mode, key_dir=kdir,
-        params=params, key_holder="hold", sign=signers["hold"],
+        rdir,
+        round_id=round_id,
+        teams=list(adapters),
+        mode=mode,
+        key_dir=kdir,
+        params=params,
+        key_holder="hold",
+        sign=signers["hold"],
     )
     for team, adapter in adapters.items():
-        agg.contribute(rdir, team=team, adapter=adapter, weight=weights[team],
-                       sign=signers[team], verify=verifier)
+        agg.contribute(
+            rdir,
+            team=team,
+            adapter=adapter,
+            weight=weights[team],
+            sign=signers[team],
+            verify=verifier,
+        )
     agg.aggregate(rdir, verify=verifier)
     return rdir, kdir
