@@ -42,7 +42,10 @@ def rounds(
     for mode in ("ffa", "dense"):
         # dense: teams' A differ (no shared seed needed); ffa: frozen shared A.
         a_seed = 7 if mode == "ffa" else None
-        ads = {t: adapter_factory(f"{t}-task", s, a_seed=a_seed) for t, s in zip("abc", (1, 2, 3))}
+        ads = {
+            t: adapter_factory(f"{t}-task", s, a_seed=a_seed)
+            for t, s in zip("abc", (1, 2, 3), strict=True)
+        }
         for name in ("ckks", "plain"):
             agg = hub.aggregators[name]
             root = tmp_path_factory.mktemp(f"{name}-{mode}")
