@@ -55,8 +55,6 @@ def check_contribution(rnd: Round, ff: FedFile, scheme: str, verify: Verifier | 
             f"contribution {name} from team {team!r} is for {meta.get('aggregator')}/"
             f"{meta.get('mode')}, round {rnd.id} is {scheme}/{rnd.mode}: contribute again"
         )
-    if ff.path.stem != team:
-        raise ValidationError(f"{name} holds team {team!r}'s contribution: name it {team}.fedc")
     return team
 
 
@@ -116,7 +114,12 @@ def aggregate_round(
             team = check_contribution(rnd, ff, codec.scheme, verify)
             if team in files:
                 raise ValidationError(
-                    f"duplicate contribution from team {team!r} in round {rnd.id}"
+                    f"duplicate contribution from team {team!r} in round {rnd.id} "
+                    f"({files[team].path.name} and {path.name}): remove the one it did not send"
+                )
+            if path.stem != team:
+                raise ValidationError(
+                    f"{path.name} holds team {team!r}'s contribution: name it {team}.fedc"
                 )
             files[team] = ff
         missing = [t for t in rnd.teams if t not in files]

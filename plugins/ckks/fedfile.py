@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from hub.errors import IntegrityError, ValidationError
+from hub.errors import IntegrityError, UnknownNameError, ValidationError
 
 MAGIC = b"QLHFED1\n"
 END = b"QLHFEND\n"
@@ -92,7 +92,12 @@ class FedFile:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._fh: BinaryIO = open(self.path, "rb")  # noqa: SIM115 (closed in close())
+        try:
+            self._fh: BinaryIO = open(self.path, "rb")  # noqa: SIM115 (closed in close())
+        except FileNotFoundError:
+            raise UnknownNameError(
+                f"{self.path} does not exist: it was never written or was removed"
+            ) from None
         try:
             self.meta, self.signatures = self._read_header()
         except BaseException:
