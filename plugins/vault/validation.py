@@ -32,12 +32,34 @@ def refuse_pickles(directory: Path) -> None:
         )
 
 
-def _tensor_problems(config: dict[str, Any], weights: bytes) -> list[str]:
-    import torch
-    from safetensors.torch import load
-
+def _tensor_facts(weights: bytes) -> dict[str, tuple[tuple[int, ...], bool]]:
+    """name -> (shape, all values finite). numpy first (fast, no torch); torch for bf16."""
     try:
-        tensors = load(weights)
+        import numpy as np
+        from safetensors.numpy import load
+
+        arrays = load(weights)
+        return {
+            k: (
+                tuple(a.shape),
+                not np.issubdtype(a.dtype, np.floating) or bool(np.isfinite(a).all()),
+            )
+            for k, a in arrays.items()
+        }
+    except Exception:  # bf16 has no numpy dtype; a malformed header fails again below
+        import torch
+        from safetensors.torch import load as torch_load
+
+        tensors = torch_load(weights)
+        return {
+            k: (tuple(t.shape), not t.is_floating_point() or bool(torch.isfinite(t).all()))
+            for k, t in tensors.items()
+        }
+
+
+def _tensor_problems(config: dict[str, Any], weights: bytes) -> list[str]:
+    try:
+        tensors = _tensor_facts(weights)
     except Exception as exc:  # safetensors raises SafetensorError for malformed headers
         return [f"{AdapterPayload.WEIGHTS} is not valid safetensors ({exc})"]
     problems = []
@@ -49,14 +71,14 @@ def _tensor_problems(config: dict[str, Any], weights: bytes) -> list[str]:
     targets = config.get("target_modules")
     rank_pattern = config.get("rank_pattern") or {}
     pairs: dict[str, dict[str, Any]] = {}
-    for key, t in tensors.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+    for key, (_, finite) in tensors.items():
+        if not finite:
             problems.append(f"tensor {key} contains NaN or Inf")
         m = _LORA_KEY.match(key)
         if not m:
             continue
         module = m.group("module")
-        pairs.setdefault(module, {})[m.group("part")] = t
+        pairs.setdefault(module, {})[m.group("part")] = tensors[key][0]
         if isinstance(targets, list) and not any(
             module == tgt or module.endswith("." + tgt) for tgt in targets
         ):
@@ -67,12 +89,10 @@ def _tensor_problems(config: dict[str, Any], weights: bytes) -> list[str]:
             continue
         a, b = parts["A"], parts["B"]
         rank = next((v for k, v in rank_pattern.items() if module.endswith(k)), r)
-        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
-            problems.append(
-                f"module {module}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} do not chain"
-            )
-        elif isinstance(rank, int) and a.shape[0] != rank:
-            problems.append(f"module {module}: rank {a.shape[0]} but adapter_config says r={rank}")
+        if len(a) != 2 or len(b) != 2 or a[0] != b[1]:
+            problems.append(f"module {module}: lora_A {a} and lora_B {b} do not chain")
+        elif isinstance(rank, int) and a[0] != rank:
+            problems.append(f"module {module}: rank {a[0]} but adapter_config says r={rank}")
     return problems
 
 
