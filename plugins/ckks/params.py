@@ -88,11 +88,15 @@ def check_params(params: CkksParams, *, insecure_for_tests: bool = False) -> Ckk
     n, bits = params.poly_modulus_degree, params.coeff_mod_bit_sizes
     if n not in MAX_LOG_Q_128:
         problems.append(f"N={n} is not a power of two in {sorted(MAX_LOG_Q_128)}")
-    if len(bits) < 3:
-        problems.append(f"coefficient modulus {list(bits)} needs at least 3 primes")
+    if len(bits) < 2:
+        problems.append(f"coefficient modulus {list(bits)} needs at least 2 primes")
     if any(b < 14 or b > 60 for b in bits):
         problems.append(f"coefficient bit sizes {list(bits)} must each be 14..60")
-    if bits and len(bits) >= 3 and params.global_scale_bits > min(bits[1:-1]):
+    # The data prime must hold a scaled value with room to spare; rescaling primes
+    # (the middle ones) must match the scale. Aggregation only adds, so 2 primes do.
+    if bits and params.global_scale_bits >= bits[0]:
+        problems.append(f"scale 2^{params.global_scale_bits} leaves no room in the first prime")
+    if len(bits) >= 3 and params.global_scale_bits > min(bits[1:-1]):
         problems.append(
             f"scale 2^{params.global_scale_bits} exceeds the middle primes ({list(bits[1:-1])} bits)"
         )

@@ -14,11 +14,12 @@ from hub.types import AdapterPayload
 # q_proj and v_proj of the embedded base (hidden 256), 2 layers: adapter-scale values.
 MODULES = [f"base_model.model.model.layers.{i}.self_attn.{p}" for i in range(2) for p in "qv"]
 SHAPE_IN, SHAPE_OUT = 256, 256
-# Small but 128-bit-secure parameters for logic tests (N=4096 allows 109 bits).
+# Small but 128-bit-secure parameters for logic tests: N=4096 allows 109 bits; aggregation
+# only adds, so one data prime and the special prime suffice (sums exact to ~1e-8).
 LOGIC_PARAMS = {
     "poly_modulus_degree": 4096,
-    "coeff_mod_bit_sizes": [40, 20, 40],
-    "global_scale_bits": 20,
+    "coeff_mod_bit_sizes": [60, 49],
+    "global_scale_bits": 40,
 }
 
 

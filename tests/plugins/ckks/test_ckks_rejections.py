@@ -272,7 +272,7 @@ def test_aggregate_refuses_ckks_scale_mismatch(
         rdir,
         verifier,
         ValidationError,
-        r"ciphertext scale 2\^30.0 does not match the round's scale 2\^20",
+        r"ciphertext scale 2\^30.0 does not match the round.s scale 2\^40",
     )
 
 

@@ -1,0 +1,142 @@
+"""Teams in separate homes sharing one vault: trust, sharing, revocation, distinct errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from hub import teams
+from hub.errors import AccessError, ConfigError, UnknownNameError
+from hub.testing.storage import sample_adapter
+from hub.types import AdapterRef
+from plugins.vault.backend import Vault
+
+
+@pytest.fixture
+def world(tmp_path):
+    """alpha and beta each with their own home, trusting each other, over one vault root."""
+    root = tmp_path / "shared-vault"
+    homes = {t: tmp_path / t for t in ("alpha", "beta")}
+    for t, h in homes.items():
+        teams.create_team(h, t, passphrase=None)
+    teams.trust(homes["alpha"], teams.export_public(homes["beta"], "beta"))
+    teams.trust(homes["beta"], teams.export_public(homes["alpha"], "alpha"))
+    vaults = {t: Vault(root, home=h, team=t, chunk_size=4096) for t, h in homes.items()}
+    return root, homes, vaults
+
+
+def test_shared_adapter_pulls_in_the_other_home(world):
+    _, _, v = world
+    ref = v["alpha"].push(sample_adapter("upper"))
+    v["alpha"].share(ref, with_team="beta")
+    assert v["beta"].pull(ref).files == sample_adapter("upper").files
+
+
+def test_share_leaves_payload_and_manifest_untouched(world):
+    _, _, v = world
+    ref = v["alpha"].push(sample_adapter("upper"))
+    with v["alpha"].index.read() as db:
+        oid = v["alpha"].index.version_row(db, "upper", 1)["object_id"]
+    before = [v["alpha"].blobs.get(f"objects/{oid}/{p}") for p in ("payload", "manifest")]
+    v["alpha"].share(ref, with_team="beta")
+    after = [v["alpha"].blobs.get(f"objects/{oid}/{p}") for p in ("payload", "manifest")]
+    assert before == after
+    assert v["alpha"].blobs.exists(f"objects/{oid}/keys/beta")
+
+
+def test_sharing_with_an_untrusted_team_is_refused(world):
+    _, _, v = world
+    ref = v["alpha"].push(sample_adapter("upper"))
+    with pytest.raises(AccessError, match="team 'gamma' is not in the trust store"):
+        v["alpha"].share(ref, with_team="gamma")
+
+
+def test_untrusted_publisher_is_a_distinct_error(world, tmp_path):
+    root, homes, v = world
+    ref = v["alpha"].push(sample_adapter("upper"))
+    v["alpha"].share(ref, with_team="beta")
+    (homes["beta"] / "trust" / "alpha.json").unlink()
+    with pytest.raises(AccessError, match="team 'alpha' is not in the trust store"):
+        Vault(root, home=homes["beta"], team="beta").pull(ref)
+
+
+def test_wrong_team_key_is_a_distinct_error(world, tmp_path):
+    root, homes, v = world
+    ref = v["alpha"].push(sample_adapter("upper"))
+    v["alpha"].share(ref, with_team="beta")
+    impostor = tmp_path / "beta-rekeyed"
+    teams.create_team(impostor, "beta", passphrase=None)
+    teams.trust(impostor, teams.export_public(homes["alpha"], "alpha"))
+    with pytest.raises(AccessError, match="wrapped for another key of team 'beta'"):
+        Vault(root, home=impostor, team="beta").pull(ref)
+
+
+def test_revoked_team_is_a_distinct_error(world):
+    _, _, v = world
+    ref = v["alpha"].push(sample_adapter("upper"))
+    v["alpha"].share(ref, with_team="beta")
+    v["alpha"].revoke(AdapterRef("upper"), from_team="beta")
+    with pytest.raises(AccessError, match="access to upper@1 was revoked"):
+        v["beta"].pull(ref)
+    with pytest.raises(AccessError, match="was revoked"):
+        v["beta"].pull(AdapterRef("upper"))
+
+
+def test_never_shared_is_unknown_not_forbidden(world):
+    _, _, v = world
+    v["alpha"].push(sample_adapter("upper"))
+    with pytest.raises(UnknownNameError, match="no adapter upper visible to team 'beta'"):
+        v["beta"].pull(AdapterRef("upper"))
+
+
+def test_revoke_reencrypts_under_a_new_key_for_remaining_teams(world):
+    _, _, v = world
+    ref = v["alpha"].push(sample_adapter("upper"))
+    v["alpha"].share(ref, with_team="beta")
+    new = v["alpha"].revoke(AdapterRef("upper"), from_team="beta")
+    assert new.version == 2
+    with v["alpha"].index.read() as db:
+        rows = v["alpha"].index.versions_of(db, "upper")
+        grants = v["alpha"].index.grants(db, rows[-1]["object_id"])
+    assert grants == {"alpha": "active"}
+    assert not v["alpha"].blobs.exists(f"objects/{rows[0]['object_id']}/keys/beta")
+    assert v["alpha"].pull(new).files == sample_adapter("upper").files
+
+
+def test_later_pushes_reach_teams_already_shared_with(world):
+    _, _, v = world
+    v["alpha"].share(v["alpha"].push(sample_adapter("upper", 1)), with_team="beta")
+    v["alpha"].push(sample_adapter("upper", 2))
+    assert v["beta"].pull(AdapterRef("upper")).files == sample_adapter("upper", 2).files
+
+
+def test_later_pushes_skip_revoked_teams(world):
+    _, _, v = world
+    v["alpha"].share(v["alpha"].push(sample_adapter("upper", 1)), with_team="beta")
+    v["alpha"].revoke(AdapterRef("upper"), from_team="beta")
+    v["alpha"].push(sample_adapter("upper", 3))
+    assert v["beta"].list() == []
+
+
+def test_protected_key_needs_the_passphrase(tmp_path, monkeypatch):
+    monkeypatch.delenv(teams.PASSPHRASE_ENV, raising=False)
+    teams.create_team(tmp_path, "alpha", passphrase="pw")
+    vault = Vault(tmp_path / "storage" / "vault", team="alpha")
+    with pytest.raises(AccessError, match="passphrase-protected"):
+        vault.push(sample_adapter("upper"))
+    assert Vault(tmp_path / "storage" / "vault", team="alpha", passphrase="pw").push(
+        sample_adapter("upper")
+    ) == AdapterRef("upper", 1)
+
+
+def test_no_acting_team_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("QLORA_HUB_TEAM", raising=False)
+    vault = Vault(tmp_path / "storage" / "vault")
+    with pytest.raises(ConfigError, match="pass --team NAME or set QLORA_HUB_TEAM"):
+        vault.list()
+
+
+def test_acting_team_comes_from_environment(tmp_path, monkeypatch):
+    teams.create_team(tmp_path, "alpha", passphrase=None)
+    monkeypatch.setenv("QLORA_HUB_TEAM", "alpha")
+    vault = Vault(tmp_path / "storage" / "vault")
+    assert vault.push(sample_adapter("upper")) == AdapterRef("upper", 1)
