@@ -133,8 +133,8 @@ def load_adapter(state: CliState, spec: str, team: str) -> Any:
     path = Path(spec)
     if path.is_dir():
         return AdapterPayload.from_dir(path, name=path.name)
-    store = open_store(state.hub, state.settings)
-    return store.pull(AdapterRef.parse(spec), team=team)
+    store = open_store(state.hub, state.settings, team=team)
+    return store.pull(AdapterRef.parse(spec), team=team, where="fed")
 
 
 @click.command("contribute")
@@ -262,14 +262,14 @@ def write_peft_dir(payload: Any, out: Path) -> None:
 def push_shared(
     state: CliState, payload: Any, holder: str, teams: list[str], backend: str | None
 ) -> dict[str, Any]:
-    """Push the merged adapter as ``holder`` and share it with every participant."""
+    """Push the merged adapter as ``holder``, readable by every participating team."""
     from hub.store import open_store
 
-    store = open_store(state.hub, state.settings, backend)
-    ref = store.push(payload, team=holder, metadata={"fed": payload.manifest["fed"]})
+    store = open_store(state.hub, state.settings, backend, team=holder)
     shared = [t for t in teams if t != holder]
-    for t in shared:
-        store.share(ref, team=holder, with_team=t)
+    ref = store.push(
+        payload, team=holder, metadata={"fed": payload.manifest["fed"]}, share_with=shared
+    )
     return {"pushed": str(ref), "shared_with": shared}
 
 

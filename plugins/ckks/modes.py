@@ -153,7 +153,8 @@ def decode_merged(
     config: Mapping[str, Any],
     rank: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
-    """Turn the decrypted sum into LoRA tensors (float32), a PEFT config and a report.
+    """Turn the decrypted sum into LoRA tensors (float64, so the
+    caller rounds once to its output dtype), a PEFT config and a report.
 
     Args:
         mode: the round's merge mode.
@@ -169,8 +170,8 @@ def decode_merged(
     config = dict(config)
     report: dict[str, Any] = {"mode": mode}
     if mode in ("ffa", "fedavg"):
-        tensors = {n: torch.from_numpy(v.astype(np.float32)) for n, v in named.items()}
-        tensors.update({n: t.float() for n, t in frozen.items()})
+        tensors = {n: torch.from_numpy(np.ascontiguousarray(v)) for n, v in named.items()}
+        tensors.update(frozen)  # kept as sent: byte-identical A
         return tensors, config, report
     rank = int(rank or config["r"])
     config["r"] = rank
@@ -187,8 +188,8 @@ def decode_merged(
         if k < rank:  # keep the declared rank: pad with zero directions
             b = torch.nn.functional.pad(b, (0, rank - k))
             a = torch.nn.functional.pad(a, (0, 0, 0, rank - k))
-        tensors[module + A_SUFFIX] = a.float()
-        tensors[module + B_SUFFIX] = b.float()
+        tensors[module + A_SUFFIX] = a
+        tensors[module + B_SUFFIX] = b
         energy = float((s**2).sum())
         kept_m = float((s[:k] ** 2).sum())
         per_module[module] = kept_m / energy if energy else 1.0

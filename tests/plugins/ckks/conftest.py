@@ -12,7 +12,11 @@ import pytest
 from hub.types import AdapterPayload
 
 # q_proj and v_proj of the embedded base (hidden 256), 2 layers: adapter-scale values.
-MODULES = [f"base_model.model.model.layers.{i}.self_attn.{p}" for i in range(2) for p in "qv"]
+MODULES = [
+    f"base_model.model.model.layers.{i}.self_attn.{p}"
+    for i in range(2)
+    for p in ("q_proj", "v_proj")
+]
 SHAPE_IN, SHAPE_OUT = 256, 256
 # Small but 128-bit-secure parameters for logic tests: N=4096 allows 109 bits; aggregation
 # only adds, so one data prime and the special prime suffice (sums exact to ~1e-8).
