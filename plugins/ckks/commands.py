@@ -96,18 +96,20 @@ def fed_init(
     round_dir: Path | None,
 ) -> None:
     """Key holder: create the round's CKKS keys; publish the public context only."""
+    from plugins.ckks.params import CkksParams, check_params
     from plugins.ckks.signing import team_signer
 
     s = state.settings
     s.override("fed.poly_modulus_degree", poly_modulus_degree)
     s.override("fed.coeff_mod_bit_sizes", coeff_bits)
     s.override("fed.global_scale_bits", scale_bits)
-    holder = acting_team(state, team, "fed init")
     params = {
         "poly_modulus_degree": s.get("fed.poly_modulus_degree"),
         "coeff_mod_bit_sizes": s.get("fed.coeff_mod_bit_sizes"),
         "global_scale_bits": s.get("fed.global_scale_bits"),
     }
+    check_params(CkksParams.from_json(params))  # before any key is touched
+    holder = acting_team(state, team, "fed init")
     rdir = resolve_round_dir(state, round_id, round_dir)
     meta = aggregator(state, agg_name).init_round(
         rdir,

@@ -53,6 +53,7 @@ def make_adapter(
         "lora_alpha": alpha,
         "lora_dropout": 0.0,
         "target_modules": ["q_proj", "v_proj"],
+        "layers_to_transform": [0, 1],
         "task_type": "CAUSAL_LM",
         "bias": "none",
         "base_model_name_or_path": "embedded",
