@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -23,7 +24,7 @@ def ask_new_passphrase(team: str) -> str:
     env = os.environ.get(teams.PASSPHRASE_ENV)
     if env:
         return env
-    if not click.get_text_stream("stdin").isatty():
+    if not sys.stdin.isatty():
         raise ConfigError(
             f"no passphrase for team {team}: set {teams.PASSPHRASE_ENV}, run interactively, "
             "or pass --no-passphrase (tests and demos only)"
@@ -35,7 +36,7 @@ def ask_new_passphrase(team: str) -> str:
 
 def passphrase_source(team: str | None):
     """A callable prompting for ``team``'s passphrase (used only if a key file needs one)."""
-    if not click.get_text_stream("stdin").isatty():
+    if not sys.stdin.isatty():
         return None
     return lambda: click.prompt(f"passphrase for team {team}", hide_input=True)
 
