@@ -19,7 +19,7 @@ import click
 
 from hub import __version__
 from hub.config import Settings, default_home, ensure_home, load_settings
-from hub.errors import HubError
+from hub.errors import HubError, PluginError
 from hub.plugins import Hub, disabled_from_env
 
 
@@ -182,7 +182,14 @@ def make_cli(hub: Hub) -> click.Group:
     root.commands["base"].add_command(base_init)
     root.add_command(plugins_cmd)
     root.add_command(config_cmd)
-    hub.pm.hook.register_commands(cli=root)
+    for impl in hub.pm.hook.register_commands.get_hookimpls():
+        try:
+            impl.function(cli=root)
+        except Exception as exc:  # a broken plugin must not take the whole CLI down anonymously
+            raise PluginError(
+                f"plugin {impl.plugin_name!r} failed to add its commands: "
+                f"{type(exc).__name__}: {exc}; switch it off with --disable-plugin {impl.plugin_name}"
+            ) from exc
     return root
 
 

@@ -121,3 +121,21 @@ def test_help_lists_the_command_groups():
     assert code == 0
     for group in ("adapters", "base", "bench", "data", "fed", "plugins", "team"):
         assert f"  {group} " in out
+
+
+def test_plugin_failing_to_add_commands_is_named(hub_factory):
+    from hub import hookimpl
+    from hub.cli import make_cli
+    from hub.errors import PluginError
+
+    class Broken:
+        @hookimpl
+        def register_commands(self, cli):
+            raise RuntimeError("no click today")
+
+    with pytest.raises(PluginError) as exc:
+        make_cli(hub_factory(("broken_cmds", Broken())))
+    assert str(exc.value) == (
+        "plugin 'broken_cmds' failed to add its commands: RuntimeError: no click today; "
+        "switch it off with --disable-plugin broken_cmds"
+    )
