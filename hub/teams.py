@@ -200,6 +200,7 @@ class Identity:
         self._ed = ed25519.Ed25519PrivateKey.from_private_bytes(_unb64(bundle["ed25519"]))
         self._x = x25519.X25519PrivateKey.from_private_bytes(_unb64(bundle["x25519"]))
         self._mldsa = self._mlkem = None
+        self._public: PublicIdentity | None = None
         if self.suite == "hybrid":
             self._mldsa = mldsa.MLDSA65PrivateKey.from_seed_bytes(_unb64(bundle["mldsa65"]))
             self._mlkem = mlkem.MLKEM768PrivateKey.from_seed_bytes(_unb64(bundle["mlkem768"]))
@@ -209,7 +210,12 @@ class Identity:
 
     @property
     def public(self) -> PublicIdentity:
-        """The matching public identity."""
+        """The matching public identity (computed once)."""
+        if self._public is None:
+            self._public = self._derive_public()
+        return self._public
+
+    def _derive_public(self) -> PublicIdentity:
         from cryptography.hazmat.primitives import serialization as ser
 
         raw = {"encoding": ser.Encoding.Raw, "format": ser.PublicFormat.Raw}

@@ -19,7 +19,8 @@ def register_storage(register):
 @hookimpl
 def register_commands(cli):
     """Add ``team ...``, ``adapters ...``, ``audit verify`` and ``bench vault``."""
-    from plugins.vault import commands, team_commands
+    from plugins.vault import bench, commands, team_commands
 
     team_commands.add_to(cli)
     commands.add_to(cli)
+    bench.add_to(cli)

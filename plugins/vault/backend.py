@@ -173,7 +173,9 @@ class Vault:
 
     def _decrypt(self, row: Any, manifest: dict[str, Any], key: bytes) -> dict[str, bytes]:
         oid = row["object_id"]
-        blob = self.blobs.get(self._key(oid, "payload"))
+        key_ = self._key(oid, "payload")
+        # Stores that can map a blob avoid reading it into a second buffer.
+        blob = self.blobs.view(key_) if hasattr(self.blobs, "view") else self.blobs.get(key_)
         plain = objects.decrypt_payload(blob, key, bytes.fromhex(oid), row["version"])
         return objects.split_files(plain, manifest["files"])
 

@@ -8,6 +8,7 @@ module body. Keys look like ``objects/<object id>/payload``.
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 from collections.abc import Callable
@@ -70,6 +71,18 @@ class FileBlobStore:
         """Read the whole blob."""
         try:
             return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise IntegrityError(
+                f"blob {key} is missing from {self.url}: the vault was altered outside qlora-hub"
+            ) from None
+
+    def view(self, key: str) -> memoryview:
+        """A read-only memory map of the blob (no copy; used for large payloads)."""
+        try:
+            with open(self._path(key), "rb") as fh:
+                if os.fstat(fh.fileno()).st_size == 0:
+                    return memoryview(b"")
+                return memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
         except FileNotFoundError:
             raise IntegrityError(
                 f"blob {key} is missing from {self.url}: the vault was altered outside qlora-hub"

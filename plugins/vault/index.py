@@ -9,7 +9,9 @@ goes in here: only names, ids, hashes and team names.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,29 +51,39 @@ CREATE TABLE IF NOT EXISTS audit_head (
 
 
 class Index:
-    """Thin wrapper over one SQLite file; opens a short-lived connection per operation."""
+    """Thin wrapper over one SQLite file (one connection per process)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = self._connect()
-        try:
-            db.executescript(_SCHEMA)
-        finally:
-            db.close()
+        self._db: sqlite3.Connection | None = None
+        self._pid = 0
+        self._lock = threading.RLock()
+        with self._lock:
+            self._connect().executescript(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        return db
+        # One connection per process, reopened after fork; closing it after every
+        # operation would checkpoint the WAL each time (two fsyncs per call).
+        if self._db is None or self._pid != os.getpid():
+            db = sqlite3.connect(
+                self.path, timeout=60, isolation_level=None, check_same_thread=False
+            )
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            self._db, self._pid = db, os.getpid()
+        return self._db
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """One exclusive write transaction (commits on success, rolls back on error)."""
-        db = self._connect()
-        try:
+        """One exclusive write transaction (commits on success, rolls back on error).
+
+        ``BEGIN IMMEDIATE`` takes SQLite's write lock, serializing writers across
+        processes; threads of one process share the connection under a lock.
+        """
+        with self._lock:
+            db = self._connect()
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -79,17 +91,17 @@ class Index:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
-        finally:
-            db.close()
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
-        """A connection for consistent reads."""
-        db = self._connect()
-        try:
-            yield db
-        finally:
-            db.close()
+        """A read transaction: every query inside sees one snapshot."""
+        with self._lock:
+            db = self._connect()
+            db.execute("BEGIN")
+            try:
+                yield db
+            finally:
+                db.execute("COMMIT")
 
     # -- queries used by the backend ------------------------------------------------
     def name_row(self, db: sqlite3.Connection, name_key: str) -> sqlite3.Row | None:

@@ -75,30 +75,46 @@ def _aad(header: bytes, index: int, last: bool) -> bytes:
     return header + struct.pack(">QB", index, 1 if last else 0)
 
 
+def _sizes(head: PayloadHeader) -> list[int]:
+    full, rest = divmod(head.length, head.chunk_size)
+    return [head.chunk_size] * full + ([rest] if rest or not full else [])
+
+
 def encrypt_payload(
     plaintext: bytes | memoryview, key: bytes, object_id: bytes, version: int, chunk_size: int
-) -> bytes:
-    """Encrypt ``plaintext`` in ``chunk_size`` chunks under ``key`` (fresh random nonce each)."""
+) -> bytearray:
+    """Encrypt ``plaintext`` in ``chunk_size`` chunks under ``key`` (fresh random nonce each).
+
+    Writes straight into one preallocated buffer (``encrypt_into``): no copies.
+    """
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     view = memoryview(plaintext)
     chunks = max(-(-len(view) // chunk_size), 1)
-    header = PayloadHeader(object_id, version, chunk_size, chunks, len(view)).pack()
+    head = PayloadHeader(object_id, version, chunk_size, chunks, len(view))
+    header = head.pack()
+    sizes = _sizes(head)
+    out = bytearray(len(header) + sum(s + NONCE + TAG for s in sizes))
+    out[: len(header)] = header
+    dst = memoryview(out)
     aes = AESGCM(key)
-    out = [header]
-    for i in range(chunks):
+    pos, src = len(header), 0
+    for i, size in enumerate(sizes):
         nonce = os.urandom(NONCE)
-        part = view[i * chunk_size : (i + 1) * chunk_size]
-        out.append(nonce)
-        out.append(aes.encrypt(nonce, part, _aad(header, i, i == chunks - 1)))
-    return b"".join(out)
+        dst[pos : pos + NONCE] = nonce
+        pos += NONCE
+        aad = _aad(header, i, i == chunks - 1)
+        pos += aes.encrypt_into(nonce, view[src : src + size], aad, dst[pos : pos + size + TAG])
+        src += size
+    return out
 
 
 def decrypt_payload(blob: bytes, key: bytes, object_id: bytes, version: int) -> bytearray:
     """Authenticate and decrypt every chunk; raises IntegrityError on any mismatch.
 
     The layout (chunk count and sizes) comes from the header, and the header is
-    in every chunk's associated data, so a wrong header fails too.
+    in every chunk's associated data, so a wrong header fails too. On failure
+    the partly filled buffer is dropped, never returned.
     """
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -106,38 +122,36 @@ def decrypt_payload(blob: bytes, key: bytes, object_id: bytes, version: int) -> 
     head = PayloadHeader.unpack(blob)
     if head.object_id != object_id or head.version != version:
         raise IntegrityError("payload belongs to another object or version: blobs were swapped")
-    full, rest = divmod(head.length, head.chunk_size)
-    sizes = [head.chunk_size] * full + ([rest] if rest or not full else [])
+    sizes = _sizes(head)
     if len(blob) != _HEADER.size + sum(s + NONCE + TAG for s in sizes):
         raise IntegrityError(
             "payload length does not match its header: chunks were truncated, dropped or added"
         )
-    header = blob[: _HEADER.size]
+    header = bytes(blob[: _HEADER.size])
     view = memoryview(blob)
     aes = AESGCM(key)
-    out = bytearray()
-    pos = _HEADER.size
+    out = bytearray(head.length)
+    dst = memoryview(out)
+    pos, at = _HEADER.size, 0
     for i, size in enumerate(sizes):
         nonce = view[pos : pos + NONCE]
         body = view[pos + NONCE : pos + NONCE + size + TAG]
         try:
-            out += aes.decrypt(nonce, body, _aad(header, i, i == len(sizes) - 1))
+            aes.decrypt_into(nonce, body, _aad(header, i, i == len(sizes) - 1), dst[at : at + size])
         except InvalidTag:
             raise IntegrityError(
                 f"payload chunk {i} failed authentication: the object was altered or "
                 "its chunks reordered"
             ) from None
         pos += NONCE + size + TAG
+        at += size
     return out
 
 
 def chunk_nonces(blob: bytes) -> list[bytes]:
     """The nonce of every chunk (for audits and the nonce-uniqueness test)."""
-    head = PayloadHeader.unpack(blob)
-    full, rest = divmod(head.length, head.chunk_size)
-    sizes = [head.chunk_size] * full + ([rest] if rest or not full else [])
     pos, out = _HEADER.size, []
-    for size in sizes:
+    for size in _sizes(PayloadHeader.unpack(blob)):
         out.append(bytes(blob[pos : pos + NONCE]))
         pos += NONCE + size + TAG
     return out
