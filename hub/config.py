@@ -50,6 +50,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, type]]] = {
         "chunk_size": (1 << 20, int),
         "max_adapter_bytes": (2 << 30, int),
         "blob_url": ("", str),
+        "root": ("", str),  # shared vault directory (index, audit); "" means <home>/storage/vault
     },
     "serve": {
         "host": ("127.0.0.1", str),

@@ -64,11 +64,12 @@ class Vault:
         chunk_size: int | None = None,
         max_adapter_bytes: int | None = None,
     ) -> None:
-        self.root = Path(root)
+        # open_store puts the root at <home>/storage/vault; keys live in <home>/teams.
+        self.home = Path(home) if home else Path(root).parent.parent
+        # vault.root points several homes (teams on different machines) at one vault.
+        self.root = Path(_setting(self.home, "vault.root") or root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.hub = hub
-        # open_store puts the root at <home>/storage/vault; keys live in <home>/teams.
-        self.home = Path(home) if home else self.root.parent.parent
         self.team = team or os.environ.get(TEAM_ENV) or None
         self._passphrase = passphrase
         self.chunk_size = int(chunk_size or _setting(self.home, "vault.chunk_size"))

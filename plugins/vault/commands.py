@@ -269,17 +269,17 @@ def verify(state, ref, team, as_json) -> None:
             click.echo(f"ok  {res['ref']}  ({res['bytes']:,} bytes)")
 
 
+def _vault(state: CliState) -> Any:
+    from hub.store import open_store
+
+    return open_store(state.hub, state.settings, backend="vault")
+
+
 @click.command("verify")
 @pass_state
 def audit_verify(state) -> None:
     """Check the audit log's hash chain; fails if an entry was edited or deleted."""
-    from plugins.vault.audit import AuditLog
-    from plugins.vault.index import Index
-
-    root = Path(state.home) / "storage" / "vault"
-    if not (root / "index.sqlite").is_file():
-        raise UnknownNameError(f"no vault at {root}: nothing to verify")
-    n = AuditLog(root / "audit.log", Index(root / "index.sqlite")).verify()
+    n = _vault(state).audit.verify()
     click.echo(f"audit log ok: {n} entries, chain intact")
 
 
@@ -288,11 +288,7 @@ def audit_verify(state) -> None:
 @pass_state
 def audit_show(state, last) -> None:
     """Print the last entries of the audit log (JSON lines)."""
-    from plugins.vault.audit import AuditLog
-    from plugins.vault.index import Index
-
-    root = Path(state.home) / "storage" / "vault"
-    for e in AuditLog(root / "audit.log", Index(root / "index.sqlite")).entries()[-last:]:
+    for e in _vault(state).audit.entries()[-last:]:
         click.echo(json.dumps(e, sort_keys=True))
 
 
