@@ -1,0 +1,107 @@
+"""Optimizer factories: bitsandbytes paged / 8-bit AdamW and plain torch AdamW.
+
+bitsandbytes cannot page on CPU: a paged optimizer there silently keeps its
+state as ordinary tensors (it only warns). :func:`describe_optimizer` looks at
+the state after a step and says what actually ran.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+
+class BnbAdamW:
+    """An AdamW from ``bitsandbytes.optim`` (paged or not, 8- or 32-bit state)."""
+
+    def __init__(self, name: str, cls_name: str, description: str) -> None:
+        self.name = name
+        self.cls_name = cls_name
+        self.description = description
+
+    def build(self, params: Iterable[Any], *, lr: float, weight_decay: float = 0.0) -> Any:
+        """A ``bitsandbytes.optim.<cls_name>`` over ``params``."""
+        import bitsandbytes as bnb
+
+        cls = getattr(bnb.optim, self.cls_name)
+        opt = cls(list(params), lr=lr, weight_decay=weight_decay)
+        opt.hub_requested = self.name
+        return opt
+
+
+class TorchAdamW:
+    """``torch.optim.AdamW`` with 32-bit state."""
+
+    name = "adamw"
+    description = "torch.optim.AdamW (32-bit state, no bitsandbytes)"
+
+    def build(self, params: Iterable[Any], *, lr: float, weight_decay: float = 0.0) -> Any:
+        """A ``torch.optim.AdamW`` over ``params``."""
+        import torch
+
+        opt = torch.optim.AdamW(list(params), lr=lr, weight_decay=weight_decay)
+        opt.hub_requested = self.name
+        return opt
+
+
+FACTORIES = (
+    BnbAdamW("paged_adamw_32bit", "PagedAdamW32bit", "bitsandbytes paged AdamW, 32-bit state"),
+    BnbAdamW(
+        "paged_adamw_8bit", "PagedAdamW8bit", "bitsandbytes paged AdamW, 8-bit blockwise state"
+    ),
+    BnbAdamW("adamw_8bit", "AdamW8bit", "bitsandbytes AdamW, 8-bit blockwise state (not paged)"),
+    TorchAdamW(),
+)
+"""Every optimizer the ``paged`` plugin registers."""
+
+
+def state_bytes(optimizer: Any) -> int:
+    """Bytes held in the optimizer's state tensors (moments, quantization maps, absmax)."""
+    import torch
+
+    optimizer = getattr(optimizer, "optimizer", optimizer)
+    return sum(
+        v.numel() * v.element_size()
+        for state in optimizer.state.values()
+        for v in state.values()
+        if torch.is_tensor(v) and v.dim() > 0
+    )
+
+
+def describe_optimizer(optimizer: Any) -> dict[str, Any]:
+    """What ran: ``requested``, ``ran`` (the name of what actually ran), ``paged``, ``state_bits``,
+    ``state_bytes`` and a ``note`` when it differs from the request.
+
+    Call after at least one step (state is created lazily). Paging is read from
+    the state tensors themselves (``is_paged`` is set only on real paged memory),
+    so a CPU fallback is reported as such.
+    """
+    import torch
+
+    # accelerate wraps the optimizer the Trainer steps; look at the real one
+    optimizer = getattr(optimizer, "optimizer", optimizer)
+    requested = getattr(optimizer, "hub_requested", type(optimizer).__name__)
+    tensors = [
+        v
+        for state in optimizer.state.values()
+        for k, v in state.items()
+        if torch.is_tensor(v) and k.startswith("state")
+    ]
+    paged = any(getattr(t, "is_paged", False) for t in tensors)
+    bits = 8 if any(t.dtype == torch.uint8 for t in tensors) else 32
+    asked_paged = bool(getattr(optimizer, "is_paged", False))
+    if isinstance(optimizer, torch.optim.AdamW):
+        ran = "adamw"
+    else:
+        ran = ("paged_" if paged else "") + f"adamw_{bits}bit"
+    info = {
+        "requested": requested,
+        "ran": ran,
+        "paged": paged,
+        "state_bits": bits,
+        "state_bytes": state_bytes(optimizer),
+    }
+    if asked_paged and not paged:
+        device = tensors[0].device.type if tensors else "cpu"
+        info["note"] = f"bitsandbytes cannot page on {device}: fell back to non-paged state"
+    return info

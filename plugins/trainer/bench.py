@@ -1,0 +1,132 @@
+"""``qlora-hub bench train``: the hub trainer against a plain Trainer+PEFT+bitsandbytes script.
+
+Both sides run in the same invocation, each in its own process (so peak RSS
+is its own), on the same base, data, batch size, steps and optimizer. Two
+comparisons:
+
+- padded: synthetic ``upper`` rows, both sides padding each batch;
+  ratio = hub tokens/s / reference tokens/s;
+- packing: variable-length text rows; the hub packs them (padding-free), the
+  reference pads; ratio = useful (non-pad) tokens/s of hub / reference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hub.errors import HubError
+
+
+def write_variable_length(path: Path, n: int, seed: int = 0) -> Path:
+    """``n`` ``{"text"}`` rows whose lengths spread evenly over 8-240 characters."""
+    rng = random.Random(seed)
+    letters = "abcdefghijklmnopqrstuvwxyz     "
+    with path.open("w", encoding="utf-8") as f:
+        for _ in range(n):
+            size = rng.randint(8, 240)
+            f.write(json.dumps({"text": "".join(rng.choice(letters) for _ in range(size))}) + "\n")
+    return path
+
+
+def run_side(
+    side: str, base: Path, data: Path, steps: int, batch: int, max_length: int, packing: bool
+) -> dict[str, Any]:
+    """Run one side in a child process and parse its ``BENCH {...}`` line."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "plugins.trainer.bench_child",
+        side,
+        str(base),
+        str(data),
+        str(steps),
+        str(batch),
+        str(max_length),
+        "1" if packing else "0",
+    ]
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
+    for line in proc.stdout.splitlines():
+        if line.startswith("BENCH "):
+            out = json.loads(line[6:])
+            out["tokens_per_s"] = out["tokens"] / out["seconds"]
+            out["useful_tokens_per_s"] = out["useful_tokens"] / out["seconds"]
+            return out
+    raise HubError(f"benchmark side {side!r} failed: {proc.stderr.strip().splitlines()[-1:]}")
+
+
+def bench_train(base: Path | None, steps: int, batch: int) -> dict[str, Any]:
+    """Run the four measurements and the two ratios."""
+    from hub.base import build_base
+    from plugins.trainer.synth import synthesize
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        if base is None:
+            base = tmp_path / "base"
+            build_base(base)
+        padded = synthesize("upper", 2000, tmp_path / "upper")["train"]
+        variable = write_variable_length(tmp_path / "variable.jsonl", 1000)
+        runs = {
+            "reference_padded": run_side("reference", base, padded, steps, batch, 64, False),
+            "hub_padded": run_side("hub", base, padded, steps, batch, 64, False),
+            "reference_variable_padded": run_side(
+                "reference", base, variable, steps, batch, 256, False
+            ),
+            "hub_variable_packed": run_side("hub", base, variable, steps, batch, 256, True),
+        }
+    for r in runs.values():
+        r["seconds"] = round(r["seconds"], 2)
+        r["tokens_per_s"] = round(r["tokens_per_s"], 1)
+        r["useful_tokens_per_s"] = round(r["useful_tokens_per_s"], 1)
+    return {
+        "steps": steps,
+        "batch_size": batch,
+        "runs": runs,
+        "padded_tokens_per_s_ratio": round(
+            runs["hub_padded"]["tokens_per_s"] / runs["reference_padded"]["tokens_per_s"], 3
+        ),
+        "padded_peak_rss_ratio": round(
+            runs["hub_padded"]["peak_rss_bytes"] / runs["reference_padded"]["peak_rss_bytes"], 3
+        ),
+        "packed_useful_tokens_per_s_ratio": round(
+            runs["hub_variable_packed"]["useful_tokens_per_s"]
+            / runs["reference_variable_padded"]["useful_tokens_per_s"],
+            3,
+        ),
+    }
+
+
+@click.command("train")
+@click.option(
+    "--base",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="HF model directory [default: a fresh embedded base].",
+)
+@click.option("--steps", type=int, default=30, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
+def bench_train_cmd(base: Path | None, steps: int, batch_size: int, as_json: bool) -> None:
+    """Tokens/s and peak RSS of the hub trainer vs a plain Trainer+PEFT+bitsandbytes script."""
+    report = bench_train(base, steps, batch_size)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for name, r in report["runs"].items():
+        click.echo(
+            f"{name:28s} {r['tokens_per_s']:9.1f} tok/s  {r['useful_tokens_per_s']:9.1f} "
+            f"useful tok/s  peak RSS {r['peak_rss_bytes'] / 2**20:7.1f} MiB"
+        )
+    click.echo(f"padded tokens/s ratio (hub/reference): {report['padded_tokens_per_s_ratio']}")
+    click.echo(f"packed useful tokens/s ratio: {report['packed_useful_tokens_per_s_ratio']}")
