@@ -78,6 +78,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, type]]] = {
         "max_tokens_cap": (512, int),
         "request_timeout_s": (120.0, float),
         "rate_limit_per_minute": (600, int),
+        "list_ttl_s": (2.0, float),
+        "max_body_bytes": (1 << 20, int),
     },
     "fed": {
         "poly_modulus_degree": (8192, int),
