@@ -37,6 +37,7 @@ SHAPES: dict[str, tuple[int, dict[str, tuple[int, int]], int]] = {
         16,
     ),
     "7b-qv": (32, {"self_attn.q_proj": (4096, 4096), "self_attn.v_proj": (4096, 4096)}, 16),
+    "tiny": (1, {"self_attn.q_proj": (256, 256)}, 4),  # for smoke tests of this command
 }
 
 
@@ -209,7 +210,7 @@ def bench_fed(
                     for k in ("encrypt_s_per_team", "aggregate_s", "decrypt_s", "wire_bytes")
                 }
                 results.append(row)
-        maths = [mode_maths("embedded")]
+        maths = [mode_maths("tiny" if "tiny" in shapes.split(",") else "embedded")]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     report = {

@@ -280,6 +280,8 @@ def add_fed_commands(cli: click.Group) -> None:
     fed = cli.commands["fed"]
     for cmd in (fed_init, fed_contribute, fed_aggregate, fed_finalize):
         fed.add_command(cmd)
+    from plugins.ckks.accuracy import bench_fed_accuracy
     from plugins.ckks.bench import bench_fed
 
     cli.commands["bench"].add_command(bench_fed)
+    cli.commands["bench"].add_command(bench_fed_accuracy)
