@@ -49,6 +49,23 @@ def _summary(manifest: dict[str, Any], footprint: dict[str, Any], out: Path) -> 
     )
 
 
+def _load_reporting_skips(quantizer: Any, base: str, options: dict[str, Any]) -> Any:
+    """``quantizer.load``, with skipped-layer warnings printed as one ``warning:`` line each."""
+    import warnings
+
+    from plugins.nf4.quantizers import SkippedLayersWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SkippedLayersWarning)
+        model = quantizer.load(base, options)
+    for w in caught:
+        if issubclass(w.category, SkippedLayersWarning):
+            click.echo(f"warning: {w.message}", err=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return model
+
+
 @click.command("quantize")
 @click.argument("base")
 @click.option("--out", type=click.Path(path_type=Path), help="Write a pre-quantized checkpoint.")
@@ -97,7 +114,7 @@ def quantize_cmd(
     from plugins.nf4.checkpoint import ensure_empty_dir
 
     ensure_empty_dir(out)  # fail before the (slow) load
-    model = quantizer.load(base, quantizer_options(state, method, flags))
+    model = _load_reporting_skips(quantizer, base, quantizer_options(state, method, flags))
     manifest = quantizer.save(model, out, {"created_by": "qlora-hub quantize"})
     footprint = quantizer.footprint(model)
     if as_json:
