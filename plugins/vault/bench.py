@@ -63,6 +63,7 @@ def _best(fn, repeats: int) -> float:
 def run_bench(sizes: list[int], repeats: int = 3, latency_runs: int = 5) -> dict[str, Any]:
     """Measure every size; returns the JSON-ready result."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from rich.console import Console
     from rich.progress import Progress
 
     from hub import teams
@@ -70,7 +71,10 @@ def run_bench(sizes: list[int], repeats: int = 3, latency_runs: int = 5) -> dict
     from plugins.vault.backend import Vault
 
     rows = []
-    with tempfile.TemporaryDirectory(prefix="qlora-hub-bench-") as tmp, Progress() as bar:
+    with (
+        tempfile.TemporaryDirectory(prefix="qlora-hub-bench-") as tmp,
+        Progress(console=Console(stderr=True)) as bar,
+    ):
         home = Path(tmp)
         teams.create_team(home, "bench", passphrase=None)
         vault = Vault(home / "storage" / "vault", team="bench")

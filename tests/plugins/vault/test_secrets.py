@@ -105,3 +105,13 @@ def test_passphrase_protected_key_file_never_stores_the_passphrase(tmp_path):
     vault.push(sample_adapter("upper"))
     for data in _stored_bytes(tmp_path):
         assert b"correct horse battery" not in data
+
+
+def test_plaintext_weights_never_reach_the_vault_directory(home, vault):
+    adapter = sample_adapter("upper")
+    ref = vault.push(adapter, share_with=["beta"])
+    vault.pull(ref, team="beta")
+    weights = adapter.files["adapter_model.safetensors"]
+    probes = [weights[i : i + 64] for i in range(200, len(weights), 997)]
+    stored = b"".join(_stored_bytes(home))
+    assert probes and not any(p in stored for p in probes)
