@@ -177,8 +177,12 @@ class Vault:
         key_ = self._key(oid, "payload")
         # Stores that can map a blob avoid reading it into a second buffer.
         blob = self.blobs.view(key_) if hasattr(self.blobs, "view") else self.blobs.get(key_)
-        plain = objects.decrypt_payload(blob, key, bytes.fromhex(oid), row["version"])
-        return objects.split_files(plain, manifest["files"])
+        entries = manifest["files"]
+        digests = objects.FileDigests(entries)
+        plain = objects.decrypt_payload(
+            blob, key, bytes.fromhex(oid), row["version"], on_chunk=digests.feed
+        )
+        return objects.split_files(plain, entries, digests.hexdigests())
 
     # -- the StorageBackend protocol -----------------------------------------------------
     def push(

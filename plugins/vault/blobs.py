@@ -51,6 +51,14 @@ def check_key(key: str) -> str:
     return key
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class FileBlobStore:
     """``file://`` blobs: one file per key, written with temp file + fsync + rename."""
 
@@ -64,8 +72,22 @@ class FileBlobStore:
         return self.root / check_key(key)
 
     def put(self, key: str, data: bytes) -> None:
-        """Atomic durable write (see :func:`hub.teams.atomic_write`)."""
-        atomic_write(self._path(key), data, mode=0o600)
+        """Atomic durable write (see :func:`hub.teams.atomic_write`).
+
+        Folders created on the way are fsynced into their parents too, so the
+        blob survives a power cut once the index says it exists.
+        """
+        path = self._path(key)
+        created = []
+        parent = path.parent
+        while not parent.exists():
+            created.append(parent)
+            parent = parent.parent
+        for folder in reversed(created):
+            folder.mkdir(exist_ok=True)
+        atomic_write(path, data, mode=0o600)
+        for folder in created:
+            _fsync_dir(folder.parent)
 
     def get(self, key: str) -> bytes:
         """Read the whole blob."""
