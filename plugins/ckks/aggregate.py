@@ -96,6 +96,7 @@ def aggregate_round(
         is missing, duplicated, from an unknown team, unsigned or badly
         signed, for another round or context, or incompatible in shape or scale.
     """
+    from rich.console import Console
     from rich.progress import track
 
     if rnd.meta["aggregator"] != codec.scheme:
@@ -143,6 +144,7 @@ def aggregate_round(
                 description="aggregate",
                 disable=not progress,
                 transient=True,
+                console=Console(stderr=True),
             ):
                 yield codec.add(ctx, [next(s) for s in streams], params)
             for s in streams:  # reaching the end runs the trailing-bytes check

@@ -44,6 +44,7 @@ def write_contribution(
     Returns:
         Path of the contribution file in the round directory.
     """
+    from rich.console import Console
     from rich.progress import track
     from safetensors.torch import save
 
@@ -87,7 +88,11 @@ def write_contribution(
         if frozen:
             yield save({k: v.contiguous() for k, v in frozen.items()})
         for i in track(
-            range(n_chunks), description=f"encrypt {team}", disable=not progress, transient=True
+            range(n_chunks),
+            description=f"encrypt {team}",
+            disable=not progress,
+            transient=True,
+            console=Console(stderr=True),
         ):
             yield codec.encrypt(ctx, vector[i * slots : (i + 1) * slots])
 

@@ -54,6 +54,7 @@ def decrypt_aggregate(
         float64 sum (before any rounding) and the shared frozen A tensors (ffa).
     """
     import numpy as np
+    from rich.console import Console
     from rich.progress import track
     from safetensors.torch import load
 
@@ -77,7 +78,11 @@ def decrypt_aggregate(
         vector = np.empty(meta["n_values"], dtype=np.float64)
         slots = params.slots
         for i in track(
-            range(meta["n_chunks"]), description="decrypt", disable=not progress, transient=True
+            range(meta["n_chunks"]),
+            description="decrypt",
+            disable=not progress,
+            transient=True,
+            console=Console(stderr=True),
         ):
             part = vector[i * slots : (i + 1) * slots]
             part[:] = codec.decrypt(ctx, next(sections), part.size, params)
