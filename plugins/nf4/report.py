@@ -159,19 +159,21 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
     console.print(table)
 
     whole = report["model_total"]
-    summary = Table(title="footprint")
-    for col in ("", "params", "original", *FORMATS):
-        summary.add_column(col, justify="right")
+    summary = Table(title="footprint (bytes, bits per parameter)")
+    summary.add_column("format")
+    summary.add_column(f"quantized linear weights ({total['params']:,})", justify="right")
+    summary.add_column("b/p", justify="right")
+    summary.add_column(f"whole model ({whole['params']:,})", justify="right")
+    summary.add_column("b/p", justify="right")
     summary.add_row(
-        "quantized linear weights", f"{total['params']:,}",
-        f"{total['original_bytes']:,} B (16.000 b/p)",
-        *[f"{total[f]['bytes']:,} B ({total[f]['bits_per_param']:.3f} b/p)" for f in FORMATS],
+        "original", f"{total['original_bytes']:,}", "16.000", f"{whole['original_bytes']:,}",
+        f"{whole['original_bits_per_param']:.3f}",
     )  # fmt: skip
-    summary.add_row(
-        "whole model", f"{whole['params']:,}",
-        f"{whole['original_bytes']:,} B ({whole['original_bits_per_param']:.3f} b/p)",
-        *[f"{whole[f]['bytes']:,} B ({whole[f]['bits_per_param']:.3f} b/p)" for f in FORMATS],
-    )  # fmt: skip
+    for f in FORMATS:
+        summary.add_row(
+            f, f"{total[f]['bytes']:,}", f"{total[f]['bits_per_param']:.3f}",
+            f"{whole[f]['bytes']:,}", f"{whole[f]['bits_per_param']:.3f}",
+        )  # fmt: skip
     console.print(summary)
     skipped = ", ".join(f"{n} ({why})" for n, why in sorted(report["skipped"].items()))
     console.print(

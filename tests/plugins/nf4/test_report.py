@@ -105,5 +105,8 @@ def test_printed_report_shows_totals_and_footprint(report):
     print_report(report, console)
     text = console.export_text()
     assert "all quantized" in text and "gaussian ref." in text
-    assert "1,758,128 B (4.127 b/p)" in text
+    nf4_line = next(line for line in text.splitlines() if line.startswith("│ nf4 "))
+    assert [c.strip() for c in nf4_line.split("│")[1:6]] == [
+        "nf4", "1,758,128", "4.127", "2,090,416", "4.679",
+    ]  # fmt: skip
     assert "format limit 4.1270 bits/param; not quantized: lm_head" in text
