@@ -112,7 +112,7 @@ def train_cmd(
     from hub.store import open_store
     from hub.types import AdapterRef
     from plugins.trainer.options import build_options
-    from plugins.trainer.train import train_adapter, world
+    from plugins.trainer.train import agree_on_run_dir, train_adapter, world
 
     AdapterRef.parse(name)
     if quiet:
@@ -123,6 +123,7 @@ def train_cmd(
     runs = state.home / "runs"
     if out is None:
         out = runs / name if resume else next_run_dir(runs, name)
+    out = agree_on_run_dir(out)
     team = team or state.settings.get("hub.team") or None
     store = None
     if not no_store and team and rank == 0:

@@ -72,7 +72,7 @@ def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
             if not text.strip():
                 continue
             try:
-                row = json.loads(text)
+                row = json.loads(text.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
                 raise ValidationError(
                     f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno}): "

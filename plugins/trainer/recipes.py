@@ -31,6 +31,7 @@ FAST_FROZEN_A: dict[str, Any] = {
     "logging_steps": 50,
     "seed": 0,
     "progress": False,
+    "threads": 1,
 }
 """Frozen-A LoRA recipe for the synthetic word tasks (2000 training rows)."""
 

@@ -86,6 +86,27 @@ def split_eval(data: EncodedData, fraction: float, seed: int) -> tuple[list, lis
     )
 
 
+def agree_on_run_dir(run_dir: Path) -> Path:
+    """Under torchrun, every rank uses rank 0's choice of run directory.
+
+    Each rank picks a free directory name on its own, and rank 0 may already
+    have created its directory when another rank looks; so the process group is
+    started here (gloo on CPU, nccl on GPU; the Trainer reuses it) and rank 0's
+    choice is broadcast.
+    """
+    rank, world_size = world()
+    if world_size <= 1:
+        return run_dir
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    choice = [str(run_dir)]
+    dist.broadcast_object_list(choice, src=0)
+    return Path(choice[0])
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest ``checkpoint-N`` directory of a run, or ``None``."""
     ckpts = sorted(
@@ -146,10 +167,51 @@ def train_adapter(
     opts.validate()
     say = log or (lambda *_: None)
     rank, world_size = world()
-    writer = rank == 0
     run_dir = Path(out_dir)
     name = name or run_dir.name
 
+    import torch
+
+    threads_before = torch.get_num_threads()
+    if opts.threads:
+        # fewer threads than cores is faster when other processes share them (no spin-waiting)
+        torch.set_num_threads(opts.threads)
+    try:
+        return _train(
+            hub,
+            opts,
+            base,
+            data_path,
+            run_dir,
+            name,
+            eval_data,
+            resume,
+            store,
+            team,
+            say,
+            rank,
+            world_size,
+        )
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(
+    hub: Any,
+    opts: TrainOptions,
+    base: Any,
+    data_path: Any,
+    run_dir: Path,
+    name: str,
+    eval_data: Any,
+    resume: bool,
+    store: Any,
+    team: str | None,
+    say: Any,
+    rank: int,
+    world_size: int,
+) -> TrainResult:
+    """The body of :func:`train_adapter` (which sets and restores the thread count)."""
     import torch
     import transformers
     from transformers import TrainingArguments
@@ -161,8 +223,7 @@ def train_adapter(
     from plugins.trainer.events import make_event_callback, plot_loss
     from plugins.trainer.memory import format_account, memory_account
 
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
+    writer = rank == 0
     transformers.logging.set_verbosity_error()
     method = hub.adapters[opts.adapter_method]
     factory = hub.optimizers[opts.optimizer]
@@ -212,14 +273,13 @@ def train_adapter(
                 f"{run_dir} has no checkpoint to resume from: train without --resume"
             )
         say(f"resuming from {checkpoint}")
-    else:
+    elif writer:  # other ranks may see rank 0's fresh directory: only rank 0 checks and writes
         if run_dir.exists() and any(run_dir.iterdir()):
             raise ValidationError(
                 f"run directory {run_dir} is not empty: pick a new one or --resume"
             )
-        if writer:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(run_dir / RUN_INFO, run_info)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / RUN_INFO, run_info)
 
     transformers.set_seed(opts.seed)
     model = method.attach(loaded.model, opts.lora_options())
