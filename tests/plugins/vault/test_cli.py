@@ -35,8 +35,8 @@ def adapter_dir(tmp_path):
 
 @pytest.fixture
 def two_teams(env, capsys):
-    for team in ("alpha", "beta"):
-        assert call(capsys, "team", "create", team)[0] == 0
+    for team in ("alpha", "beta"):  # unprotected keys keep these tests fast (no scrypt)
+        assert call(capsys, "team", "create", team, "--no-passphrase")[0] == 0
     return env
 
 
@@ -98,16 +98,14 @@ def test_revoke_then_pull_is_refused(two_teams, capsys, adapter_dir):
     )
 
 
-def test_wrong_passphrase_is_one_line_error(two_teams, capsys, adapter_dir, monkeypatch):
+def test_wrong_passphrase_is_one_line_error(env, capsys, adapter_dir, monkeypatch):
+    call(capsys, "team", "create", "delta")  # protected with $QLORA_HUB_PASSPHRASE
     monkeypatch.setenv("QLORA_HUB_PASSPHRASE", "nope")
     code, _, err = call(
-        capsys, "adapters", "push", str(adapter_dir), "--name", "u", "--team", "alpha"
+        capsys, "adapters", "push", str(adapter_dir), "--name", "u", "--team", "delta"
     )
-    assert (
-        code == 2
-        and err.strip()
-        == "error: wrong passphrase for team alpha's key file (or the file was altered)"
-    )
+    expected = "error: wrong passphrase for team delta's key file (or the file was altered)"
+    assert (code, err.strip()) == (2, expected)
 
 
 def test_import_refuses_pickle_files(two_teams, capsys, adapter_dir):
