@@ -105,7 +105,12 @@ def quantize_cmd(
     if report:
         from plugins.nf4.report import build_report, print_report
 
-        result = build_report(base, allow_pickle=flags["allow_pickle"])
+        state.settings.override("quantize.double_quant", flags["double_quant"])
+        result = build_report(
+            base,
+            allow_pickle=flags["allow_pickle"],
+            double_quant=state.settings.get("quantize.double_quant"),
+        )
         if as_json:
             click.echo(json.dumps(result, indent=2))
         else:

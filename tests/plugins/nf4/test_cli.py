@@ -121,3 +121,10 @@ def test_cli_prints_one_line_error_and_exits_2(embedded_base, tmp_path, monkeypa
 
 def test_bench_quant_is_registered_under_bench(cli):
     assert "quant" in cli.commands["bench"].commands
+
+
+def test_quantize_report_no_double_quant_shows_4_5_bits(invoke, embedded_base):
+    result = invoke("quantize", str(embedded_base), "--report", "--json", "--no-double-quant")
+    data = json.loads(result.output[result.output.index("{") :])
+    assert data["double_quant"] is False
+    assert data["quantized_total"]["nf4"]["bits_per_param"] == 4.5
