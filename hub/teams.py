@@ -365,15 +365,19 @@ def load_identity(
     if hub is not None:
         provided = hub.pm.hook.key_provider(team=name, purpose=purpose)
         if provided is not None:
-            return Identity(json.loads(provided))
+            return _from_bundle(provided, name, "the key_provider hook")
     path = team_dir(home, name) / "key.json"
     if not path.is_file():
         raise UnknownNameError(
             f"no keys for team {name!r} in {path.parent}: run `qlora-hub team create {name}`"
         )
-    keyfile = json.loads(path.read_bytes())
-    if keyfile.get("protection") == "none":
-        return Identity(keyfile["bundle"])
+    try:
+        keyfile = json.loads(path.read_bytes())
+        protection = keyfile["protection"]
+    except (ValueError, KeyError, TypeError):
+        raise AccessError(f"key file {path} is corrupt: restore it from a backup") from None
+    if protection == "none":
+        return _from_bundle(json.dumps(keyfile.get("bundle")).encode(), name, str(path))
     if passphrase is None:
         passphrase = os.environ.get(PASSPHRASE_ENV)
     if callable(passphrase):  # e.g. a CLI prompt, asked only when a key file needs it
@@ -395,7 +399,18 @@ def load_identity(
         raise AccessError(
             f"wrong passphrase for team {name}'s key file (or the file was altered)"
         ) from None
-    return Identity(json.loads(plain))
+    return _from_bundle(plain, name, str(path))
+
+
+def _from_bundle(data: bytes, name: str, source: str) -> Identity:
+    """Parse a key bundle (docs/security.md) for team ``name``; one-line error if malformed."""
+    try:
+        ident = Identity(json.loads(data))
+    except (ValueError, KeyError, TypeError):
+        raise AccessError(f"{source} gave a malformed key bundle for team {name!r}") from None
+    if ident.team != name:
+        raise AccessError(f"{source} gave the keys of team {ident.team!r}, not {name!r}")
+    return ident
 
 
 def export_public(home: Path, name: str) -> bytes:

@@ -16,7 +16,6 @@ Layout under the backend root (``<home>/storage/vault``)::
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -24,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from hub.errors import AccessError, ConfigError, IntegrityError, UnknownNameError, ValidationError
-from hub.teams import Identity, PublicIdentity, load_identity, trusted
+from hub.teams import Identity, PublicIdentity, check_team_name, load_identity, trusted
 from hub.types import AdapterPayload, AdapterRecord, AdapterRef
-from plugins.vault import objects
+from plugins.vault import objects, sharing
 from plugins.vault.audit import AuditLog
 from plugins.vault.blobs import open_blobs
 from plugins.vault.index import Index
@@ -92,7 +91,7 @@ class Vault:
         team = team or self.team
         if not team:
             raise ConfigError(f"no acting team: pass --team NAME or set {TEAM_ENV}")
-        return team
+        return check_team_name(team)
 
     def identity(self, team: str, purpose: str = "decrypt") -> Identity:
         """The private keys of local team ``team`` (loaded once per vault object)."""
@@ -154,7 +153,18 @@ class Vault:
         publisher = manifest.get("publisher")
         if publisher != row["publisher"]:
             raise IntegrityError("manifest publisher does not match the index: object was swapped")
-        objects.verify_manifest(trusted(self.home, publisher), manifest, sig)
+        # The acting team holds its own private key, so it needs no trust entry for itself.
+        own = publisher == team
+        public = self.identity(team).public if own else trusted(self.home, publisher)
+        try:
+            objects.verify_manifest(public, manifest, sig)
+        except IntegrityError:
+            if manifest.get("publisher_fingerprint") != public.fingerprint:
+                raise AccessError(
+                    f"{row['name']}@{row['version']} was signed by another key of team "
+                    f"{publisher!r} than your trust store holds (re-keyed?): re-trust its public file"
+                ) from None
+            raise
         if (
             manifest.get("name") != row["name"]
             or manifest.get("version") != row["version"]
@@ -364,82 +374,16 @@ class Vault:
         """Wrap the data key of ``ref`` (every version when unversioned) for ``with_team``.
 
         The payload and manifest are untouched; later pushes include ``with_team``.
+        See :func:`plugins.vault.sharing.share`.
         """
-        team = self._acting(team)
-        with self.index.read() as db:
-            self._owned(db, ref.name, team)
-            rows = self._targets(db, ref, team)
-        pub = trusted(self.home, with_team)
-        for row in rows:
-            _, key = self._open(row, team)
-            oid = row["object_id"]
-            self.blobs.put(
-                self._key(oid, f"keys/{with_team}"),
-                objects.wrap_key(pub, key, bytes.fromhex(oid), row["version"]),
-            )
-            with self.index.write() as db:
-                db.execute(
-                    "INSERT INTO grants VALUES (?, ?, 'active') ON CONFLICT(object_id, team) "
-                    "DO UPDATE SET state = 'active'",
-                    (oid, with_team),
-                )
-                self.audit.append(
-                    db,
-                    "share",
-                    team,
-                    f"{row['name']}@{row['version']}",
-                    row["manifest_sha256"],
-                    with_team=with_team,
-                )
-        return AdapterRef(rows[-1]["name"], rows[-1]["version"])
-
-    def _targets(self, db: Any, ref: AdapterRef, team: str) -> list[Any]:
-        if ref.version is None:
-            rows = [
-                r
-                for r in self.index.versions_of(db, ref.name)
-                if self.index.grants(db, r["object_id"]).get(team) == "active"
-            ]
-            if not rows:
-                raise UnknownNameError(f"adapter {ref.name!r} has no versions")
-            return rows
-        return [self._resolve(db, ref, team)]
+        return sharing.share(self, ref, self._acting(team), check_team_name(with_team))
 
     def revoke(self, ref: AdapterRef, *, team: str | None = None, from_team: str) -> AdapterRef:
-        """Stop ``from_team`` reading ``ref.name``: re-encrypt the latest (or ``ref``)
-        under a new data key for the remaining teams as a new version, then revoke
-        ``from_team``'s grants and delete its wrapped keys on every version."""
-        team = self._acting(team)
-        if from_team == team:
-            raise ValidationError("a team cannot revoke its own access: delete the adapter instead")
-        with self.index.read() as db:
-            self._owned(db, ref.name, team)
-            row = self._resolve(db, ref, team)
-            readers = {
-                t
-                for t, s in self.index.grants(db, row["object_id"]).items()
-                if s == "active" and t != from_team
-            }
-        source = self.pull(AdapterRef(row["name"], row["version"]), team=team, where="revoke")
-        new = self._store(
-            AdapterPayload(source.name, source.files, None, source.manifest),
-            team,
-            source.manifest.get("metadata"),
-            (),
-            readers,
-            action="revoke-reencrypt",
-        )
-        with self.index.write() as db:
-            oids = [r["object_id"] for r in self.index.versions_of(db, row["name"])]
-            for oid in oids:
-                db.execute(
-                    "UPDATE grants SET state = 'revoked' WHERE object_id = ? AND team = ?",
-                    (oid, from_team),
-                )
-            self.audit.append(db, "revoke", team, str(new), "", from_team=from_team)
-        for oid in oids:
-            self.blobs.delete(self._key(oid, f"keys/{from_team}"))
-        return new
+        """Stop ``from_team`` reading ``ref.name``; returns the re-encrypted new version.
+
+        See :func:`plugins.vault.sharing.revoke`.
+        """
+        return sharing.revoke(self, ref, self._acting(team), check_team_name(from_team))
 
     def delete(self, ref: AdapterRef, *, team: str | None = None) -> None:
         """Remove one version, or every version when ``ref.version`` is None (owner only).
@@ -470,14 +414,3 @@ class Vault:
             known = {r[0] for r in db.execute("SELECT object_id FROM versions")}
         found = {k.split("/")[1] for k in self.blobs.keys("objects/")}
         return sorted(found - known)
-
-    def export_json(self) -> str:
-        """Debug view of the index (names, versions, grants): never contains key material."""
-        with self.index.read() as db:
-            return json.dumps(
-                {
-                    t: [dict(r) for r in db.execute(f"SELECT * FROM {t}")]  # noqa: S608
-                    for t in ("names", "versions", "grants")
-                },
-                indent=1,
-            )

@@ -232,3 +232,30 @@ def test_list_marks_local_keys(tmp_path):
     teams.trust(tmp_path / "a", teams.export_public(tmp_path / "b", "beta"))
     rows = teams.list_teams(tmp_path / "a")
     assert [(r["team"], r["local_keys"]) for r in rows] == [("alpha", True), ("beta", False)]
+
+
+def test_malformed_key_provider_bundle_is_an_access_error(home, hub_factory):
+    class Provider:
+        @hookimpl
+        def key_provider(self, team, purpose):
+            return b'{"team": "alpha"}'
+
+    with pytest.raises(AccessError, match="the key_provider hook gave a malformed key bundle"):
+        teams.load_identity(home, "alpha", hub=hub_factory(Provider()))
+
+
+def test_key_provider_bundle_for_another_team_is_refused(home, hub_factory):
+    class Provider:
+        @hookimpl
+        def key_provider(self, team, purpose):
+            return json.dumps(teams._generate_bundle("mallory", "hybrid")).encode()
+
+    with pytest.raises(AccessError, match="gave the keys of team 'mallory', not 'alpha'"):
+        teams.load_identity(home, "alpha", hub=hub_factory(Provider()))
+
+
+def test_corrupt_key_file_is_an_access_error(home):
+    teams.create_team(home, "alpha", passphrase=None)
+    (home / "teams/alpha/key.json").write_bytes(b"{not json")
+    with pytest.raises(AccessError, match="is corrupt"):
+        teams.load_identity(home, "alpha")

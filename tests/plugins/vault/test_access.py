@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hub import teams
-from hub.errors import AccessError, ConfigError, UnknownNameError
+from hub.errors import AccessError, ConfigError, UnknownNameError, ValidationError
 from hub.testing.storage import sample_adapter
 from hub.types import AdapterRef
 from plugins.vault.backend import Vault
@@ -140,3 +140,28 @@ def test_acting_team_comes_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("QLORA_HUB_TEAM", "alpha")
     vault = Vault(tmp_path / "storage" / "vault")
     assert vault.push(sample_adapter("upper")) == AdapterRef("upper", 1)
+
+
+def test_rekeyed_publisher_is_a_distinct_error(world, tmp_path):
+    root, homes, v = world
+    ref = v["alpha"].push(sample_adapter("upper"))
+    v["alpha"].share(ref, with_team="beta")
+    stale = tmp_path / "stale-alpha"
+    teams.create_team(stale, "alpha", passphrase=None)  # a different key named alpha
+    (homes["beta"] / "trust" / "alpha.json").write_bytes(teams.export_public(stale, "alpha"))
+    with pytest.raises(AccessError, match="signed by another key of team 'alpha'"):
+        Vault(root, home=homes["beta"], team="beta").pull(ref)
+
+
+def test_revoking_a_team_never_given_access_is_refused(world):
+    _, _, v = world
+    v["alpha"].push(sample_adapter("upper"))
+    with pytest.raises(UnknownNameError, match="team 'beta' was never given 'upper'"):
+        v["alpha"].revoke(AdapterRef("upper"), from_team="beta")
+
+
+def test_revoke_with_an_invalid_team_name_is_refused(world):
+    _, _, v = world
+    v["alpha"].push(sample_adapter("upper"))
+    with pytest.raises(ValidationError, match="team name '../x' is invalid"):
+        v["alpha"].revoke(AdapterRef("upper"), from_team="../x")
