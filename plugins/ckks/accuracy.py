@@ -91,15 +91,21 @@ def ckks_merge(
     "--mode", type=click.Choice(["ffa", "fedavg", "dense"]), default="ffa", show_default=True
 )
 @click.option("--limit", type=int, default=100, show_default=True, help="Held-out rows per task.")
+@click.option(
+    "--quantizer",
+    default="nf4",
+    show_default=True,
+    help="How to load the base (as the adapters were trained).",
+)
 @pass_state
 def bench_fed_accuracy(
-    state: CliState, base: Path, tasks: tuple[str, ...], mode: str, limit: int
+    state: CliState, base: Path, tasks: tuple[str, ...], mode: str, limit: int, quantizer: str
 ) -> None:
     """Exact match of each team's adapter, their average (p=1/K) and their sum (p=1) on every task."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from hub.models import load_base
     from plugins.trainer.data import read_rows
     from plugins.trainer.evaluate import exact_match
 
@@ -117,11 +123,11 @@ def bench_fed_accuracy(
             candidates[label], reports[label] = ckks_merge(
                 state.hub, adapters, dict.fromkeys(adapters, w), mode, sub
             )
-        tokenizer = AutoTokenizer.from_pretrained(base)
         rows = []
         for label, path in candidates.items():
-            model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-            model = PeftModel.from_pretrained(model, path).eval()
+            loaded = load_base(state.hub, base, quantizer)
+            tokenizer = loaded.tokenizer
+            model = PeftModel.from_pretrained(loaded.model, path).eval()
             with torch.no_grad():
                 scores = {t: exact_match(model, tokenizer, r).accuracy for t, r in held.items()}
             rows.append({"adapter": label, **scores})
