@@ -1,1 +1,141 @@
-"""Built-in plugin `server`: the serve command and the server's own routes."""
+"""Built-in plugin `server`: the ``serve``, ``team api-key create`` and ``bench serve`` commands.
+
+Nothing heavy is imported here: torch, transformers and Litestar load inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from hub import hookimpl
+from hub.cli import CliState, pass_state
+
+
+@click.command("serve")
+@click.option(
+    "--base",
+    "base",
+    required=True,
+    type=click.Path(path_type=Path, exists=True),
+    help="Pre-quantized checkpoint (qlora-hub quantize) or Hugging Face model directory.",
+)
+@click.option("--host", default=None, help="Interface to listen on [serve.host].")
+@click.option("--port", type=int, default=None, help="TCP port [serve.port].")
+@click.option("--identity", default=None, help="The server's team in storage [serve.identity].")
+@click.option(
+    "--storage", default=None, help="Storage backend to read adapters from [hub.storage]."
+)
+@pass_state
+def serve(
+    state: CliState,
+    base: Path,
+    host: str | None,
+    port: int | None,
+    identity: str | None,
+    storage: str | None,
+) -> None:
+    """Serve every adapter shared with the server over an OpenAI-compatible API."""
+    import logging
+
+    import uvicorn
+
+    from hub.store import open_store
+    from server.app import build_state, create_app
+    from server.model import load_served_base
+
+    settings = state.settings
+    settings.override("serve.host", host)
+    settings.override("serve.port", port)
+    settings.override("serve.identity", identity)
+    settings.override("hub.storage", storage)
+    state.writable_home()
+    ident = settings.get("serve.identity")
+    store = open_store(state.hub, settings, team=ident)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    click.echo(f"loading base {base} ...", err=True)
+    loaded = load_served_base(state.hub, base)
+    srv = build_state(state.hub, settings, loaded, store, identity=ident)
+    app = create_app(srv, state.hub, max_body_bytes=settings.get("serve.max_body_bytes"))
+    click.echo(
+        f"serving base {loaded.fingerprint[:12]} as team {ident} from storage "
+        f"{settings.get('hub.storage')} on http://{settings.get('serve.host')}:{settings.get('serve.port')}",
+        err=True,
+    )
+    uvicorn.run(
+        app,
+        host=settings.get("serve.host"),
+        port=settings.get("serve.port"),
+        log_level="warning",
+        access_log=False,
+    )
+
+
+@click.command("create")
+@click.argument("team")
+@click.option("--admin", is_flag=True, help="The key may also call the admin endpoints.")
+@pass_state
+def api_key_create(state: CliState, team: str, admin: bool) -> None:
+    """Create an API key for TEAM; the key is printed once, on the last line."""
+    from server.auth import KeyStore
+
+    key_id, key = KeyStore(state.writable_home()).create(team, admin=admin)
+    click.echo(
+        f"created {'admin ' if admin else ''}API key {key_id} for team {team}; "
+        "it is shown only once:"
+    )
+    click.echo(key)
+
+
+@click.command("serve")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option(
+    "--base",
+    type=click.Path(path_type=Path, exists=True),
+    default=None,
+    help="Base to serve [default: the embedded base, built in a temp dir].",
+)
+@click.option("--requests", "n_requests", type=int, default=64, help="Requests per scenario.")
+@click.option("--clients", type=int, default=32, help="Concurrent clients.")
+@click.option("--max-tokens", type=int, default=16, help="Tokens per request.")
+@pass_state
+def bench_serve(
+    state: CliState,
+    as_json: bool,
+    base: Path | None,
+    n_requests: int,
+    clients: int,
+    max_tokens: int,
+) -> None:
+    """Mixed-adapter batching vs a naive set_adapter server, 8 adapters vs 1, latency, cold load."""
+    from server.bench import run_bench
+
+    result = run_bench(
+        state.hub,
+        base=base,
+        n_requests=n_requests,
+        clients=clients,
+        max_tokens=max_tokens,
+        progress=not as_json,
+    )
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        from server.bench import render
+
+        render(result)
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    """``serve``; ``team api-key create``; ``bench serve``."""
+    cli.add_command(serve)
+    team = cli.commands["team"]
+    group = team.commands.get("api-key")
+    if group is None:
+        group = click.Group("api-key", help="API keys for the server (stored hashed).")
+        team.add_command(group)
+    group.add_command(api_key_create)
+    cli.commands["bench"].add_command(bench_serve)

@@ -1,0 +1,71 @@
+"""Structured access logs: one JSON line per request with its request id; no prompts, no keys."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+log = logging.getLogger("qlora_hub.server.access")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
+    """The caller's ``X-Request-ID`` when well formed, else a fresh one."""
+    for name, value in headers:
+        if name.lower() == b"x-request-id":
+            text = value.decode("latin-1")
+            if _REQUEST_ID.match(text):
+                return text
+    return uuid.uuid4().hex
+
+
+class AccessLogMiddleware:
+    """ASGI middleware: assigns the request id, echoes it as ``X-Request-ID``, logs the outcome.
+
+    Handlers add safe fields (team, model, token counts) to ``scope["state"]["log"]``.
+    """
+
+    def __init__(self, app: Any, observe: Any = None) -> None:
+        self.app = app
+        self.observe = observe
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = request_id_from(scope.get("headers", []))
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        state["log"] = {}
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_with_id(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - started
+            route = scope.get("route_handler")
+            path_template = getattr(route, "paths", None)
+            path = sorted(path_template)[0] if path_template else scope["path"]
+            record = {
+                "event": "access",
+                "request_id": rid,
+                "method": scope["method"],
+                "path": path,
+                "status": status["code"],
+                "ms": round(seconds * 1000, 1),
+                **state["log"],
+            }
+            log.info(json.dumps(record))
+            if self.observe:
+                self.observe(path, status["code"], seconds)

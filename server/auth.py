@@ -1,0 +1,129 @@
+"""API keys (stored hashed) that map callers to teams, and a per-key rate limit.
+
+A key is 256 random bits, shown once when created. Only its SHA-256 is
+stored (a slow password hash buys nothing for a random 256-bit secret), in
+``<home>/server/api-keys.json``, written atomically. Admin keys may call the
+admin endpoints; every key acts as its team.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from hub.errors import ValidationError
+
+KEY_PREFIX = "qh-"
+_TEAM_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the key's id (never the key), its team, and whether it is an admin."""
+
+    key_id: str
+    team: str
+    admin: bool
+
+
+def keys_path(home: Path) -> Path:
+    """Where API key hashes live under a data directory."""
+    return Path(home) / "server" / "api-keys.json"
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class KeyStore:
+    """The API-key table of one data directory."""
+
+    def __init__(self, home: Path) -> None:
+        self.path = keys_path(home)
+        self._by_hash: dict[str, Caller] = {}
+        self._mtime: float | None = None
+        self._lock = threading.Lock()
+
+    def _records(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return json.loads(self.path.read_text())["keys"]
+
+    def create(self, team: str, *, admin: bool = False) -> tuple[str, str]:
+        """Create a key for ``team``; returns ``(key_id, key)``. The key is not stored."""
+        if not team or not set(team) <= _TEAM_CHARS or len(team) > 64:
+            raise ValidationError(
+                f"team name {team!r} is invalid: use 1-64 letters, digits, '-', '_' or '.'"
+            )
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        key_id = secrets.token_hex(4)
+        records = self._records()
+        records.append(
+            {
+                "id": key_id,
+                "sha256": _digest(key),
+                "team": team,
+                "admin": admin,
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+        )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".api-keys.")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"keys": records}, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.path)
+        return key_id, key
+
+    def lookup(self, key: str | None) -> Caller | None:
+        """The caller a presented key belongs to, or ``None``. Re-reads the file when it changes."""
+        if not key:
+            return None
+        with self._lock:
+            mtime = self.path.stat().st_mtime if self.path.is_file() else None
+            if mtime != self._mtime:
+                self._by_hash = {
+                    r["sha256"]: Caller(r["id"], r["team"], bool(r.get("admin")))
+                    for r in self._records()
+                }
+                self._mtime = mtime
+        digest = _digest(key)
+        for stored, caller in self._by_hash.items():
+            if hmac.compare_digest(stored, digest):
+                return caller
+        return None
+
+
+class RateLimiter:
+    """Token bucket per key: ``per_minute`` requests a minute, bursts up to ``per_minute``."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = float(per_minute)
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key_id: str) -> float:
+        """Spend one token; returns 0 when allowed, else seconds until the next token."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        with self._lock:
+            tokens, at = self._buckets.get(key_id, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - at) * self.rate)
+            if tokens < 1.0:
+                self._buckets[key_id] = (tokens, now)
+                return (1.0 - tokens) / self.rate
+            self._buckets[key_id] = (tokens - 1.0, now)
+            return 0.0

@@ -1,0 +1,292 @@
+"""The adapter cache: pull on first use, verify, keep resident under a count and byte budget.
+
+Entries are per version (``name@N``). A request pins the version it resolved
+to for its whole life, so a newer version loaded meanwhile (hot-swap) only
+serves requests that resolve after it; the old version leaves once unpinned.
+When the budget is full, the least recently used unpinned entry is evicted;
+if every resident entry is pinned, a new load waits for one to be released.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hub.errors import HubError, ValidationError
+from hub.types import AdapterPayload, AdapterRef
+from server.lora import LoRABank, parse_adapter
+
+log = logging.getLogger("qlora_hub.server.cache")
+
+
+class AdapterUnavailable(Exception):
+    """The adapter does not exist for this caller, or was refused (HTTP 404)."""
+
+
+class CacheBusy(Exception):
+    """No slot freed up in time for a new adapter (HTTP 503)."""
+
+
+@dataclass
+class Entry:
+    """One resident adapter version."""
+
+    ref: AdapterRef
+    slot: int
+    nbytes: int
+    load_ms: float
+    loaded_at: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.monotonic)
+    hits: int = 0
+    pins: int = 0
+    retired: bool = False
+
+    def info(self) -> dict[str, Any]:
+        """What ``GET /v1/adapters`` shows."""
+        return {
+            "name": self.ref.name,
+            "version": self.ref.version,
+            "bytes": self.nbytes,
+            "hits": self.hits,
+            "load_ms": round(self.load_ms, 2),
+            "loaded_at": self.loaded_at,
+            "in_use": self.pins,
+        }
+
+
+class AdapterCache:
+    """Resident adapters of the server, loaded from a storage backend as the server identity.
+
+    Args:
+        hub: the plugin host (``validate_adapter`` and ``adapter_loaded`` hooks).
+        store: a :class:`hub.types.StorageBackend` instance.
+        identity: the server's team name in storage.
+        bank: where resident adapters' weights live.
+        base_fingerprint: refuse adapters recorded against another base.
+        max_resident, max_bytes: the budget.
+        list_ttl_s: how long a storage listing is reused before asking storage again.
+        on_event: optional ``on_event(kind)`` for metrics: ``load``, ``evict``, ``refused``.
+    """
+
+    def __init__(
+        self,
+        hub: Any,
+        store: Any,
+        identity: str,
+        bank: LoRABank,
+        *,
+        base_fingerprint: str | None = None,
+        max_resident: int = 8,
+        max_bytes: int = 1 << 30,
+        list_ttl_s: float = 2.0,
+        wait_s: float = 60.0,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        self.hub, self.store, self.identity, self.bank = hub, store, identity, bank
+        self.base_fingerprint = base_fingerprint
+        self.max_resident, self.max_bytes = max_resident, max_bytes
+        self.list_ttl_s, self.wait_s = list_ttl_s, wait_s
+        self.on_event = on_event or (lambda kind: None)
+        self.entries: dict[AdapterRef, Entry] = {}
+        self._loading: dict[AdapterRef, threading.Event] = {}
+        self._listings: dict[str, tuple[float, dict[str, dict[int, Any]]]] = {}
+        self._cond = threading.Condition()
+
+    # ---- access and resolution ------------------------------------------------------------
+
+    def listing(self, team: str, refresh: bool = False) -> dict[str, dict[int, Any]]:
+        """``name -> version -> AdapterRecord`` that ``team`` may read (cached ``list_ttl_s``)."""
+        now = time.monotonic()
+        hit = self._listings.get(team)
+        if hit and not refresh and now - hit[0] < self.list_ttl_s:
+            return hit[1]
+        out: dict[str, dict[int, Any]] = {}
+        for rec in self.store.list(team=team):
+            out.setdefault(rec.name, {})[rec.version] = rec
+        self._listings[team] = (now, out)
+        return out
+
+    def visible(self, team: str) -> dict[str, dict[int, Any]]:
+        """Adapters ``team`` may use through this server: readable by it and by the server."""
+        mine, served = self.listing(team), self.listing(self.identity)
+        out = {}
+        for name, versions in mine.items():
+            both = {v: rec for v, rec in versions.items() if v in served.get(name, {})}
+            if both:
+                out[name] = both
+        return out
+
+    def resolve(self, model: str, team: str | None, refresh: bool = False) -> AdapterRef:
+        """The exact version ``model`` (``name``, ``name@N``, ``name@latest``) means for ``team``.
+
+        ``team=None`` is an admin: any adapter the server may read. Raises
+        :class:`AdapterUnavailable` when the caller may not see it (never says which).
+        """
+        try:
+            ref = AdapterRef.parse(model)
+        except ValidationError:
+            raise AdapterUnavailable(model) from None
+        if refresh:
+            self.listing(self.identity, refresh=True)
+        versions = (self.listing(self.identity) if team is None else self.visible(team)).get(
+            ref.name, {}
+        )
+        if refresh and team is not None:
+            versions = self.visible(team).get(ref.name, {})
+        version = ref.version if ref.version is not None else max(versions, default=None)
+        if version is None or version not in versions:
+            raise AdapterUnavailable(model)
+        return AdapterRef(ref.name, version)
+
+    # ---- residency ------------------------------------------------------------------------
+
+    def acquire(self, ref: AdapterRef) -> Entry:
+        """Pin ``ref`` (loading it first if needed); pair with :meth:`release`. Blocking."""
+        while True:
+            with self._cond:
+                entry = self.entries.get(ref)
+                if entry is not None and not entry.retired:
+                    entry.pins += 1
+                    entry.hits += 1
+                    entry.last_used = time.monotonic()
+                    return entry
+                loading = self._loading.get(ref)
+                if loading is None:
+                    loading = self._loading[ref] = threading.Event()
+                    owner = True
+                else:
+                    owner = False
+            if not owner:
+                loading.wait(self.wait_s)
+                if ref not in self.entries:
+                    raise AdapterUnavailable(str(ref))
+                continue
+            try:
+                self._load(ref)
+            finally:
+                with self._cond:
+                    self._loading.pop(ref, None)
+                loading.set()
+
+    def release(self, entry: Entry) -> None:
+        """Unpin; a retired entry (unloaded or replaced) leaves when its last pin goes."""
+        with self._cond:
+            entry.pins -= 1
+            entry.last_used = time.monotonic()
+            if entry.retired and entry.pins == 0:
+                self._drop(entry)
+            self._cond.notify_all()
+
+    def _load(self, ref: AdapterRef) -> None:
+        started = time.perf_counter()
+        try:
+            # the backend verifies (hashes; signatures and trust in the vault), decrypts in
+            # memory and fires the adapter_loaded hook with where="server"
+            payload = self.store.pull(ref, team=self.identity, where="server")
+            self._verify(payload, ref)
+            parsed = parse_adapter(payload, self.bank.shapes)
+        except (HubError, KeyError, ValueError) as exc:
+            log.warning("adapter refused", extra={"adapter": str(ref), "reason": str(exc)})
+            self.on_event("refused")
+            raise AdapterUnavailable(str(ref)) from None
+        nbytes = payload.nbytes
+        with self._cond:
+            self._make_room(nbytes)
+            slot = self.bank.add(parsed["tensors"], parsed["rank"], parsed["scale"])
+            load_ms = (time.perf_counter() - started) * 1000
+            self.entries[ref] = Entry(ref=ref, slot=slot, nbytes=nbytes, load_ms=load_ms)
+            self._cond.notify_all()
+        self.on_event("load")
+        log.info("adapter loaded", extra={"adapter": str(ref), "load_ms": round(load_ms, 1)})
+
+    def _verify(self, payload: AdapterPayload, ref: AdapterRef) -> None:
+        """Name, file hashes in the manifest (when present), base, and ``validate_adapter`` policy."""
+        if payload.name != ref.name:
+            raise ValidationError(f"storage returned {payload.name!r} for {ref}")
+        hashes = payload.manifest.get("files") if isinstance(payload.manifest, dict) else None
+        if isinstance(hashes, dict):
+            for fname, want in hashes.items():
+                want = want.get("sha256") if isinstance(want, dict) else want
+                data = payload.files.get(fname)
+                if data is None or hashlib.sha256(data).hexdigest() != want:
+                    raise ValidationError(f"{ref}: {fname} does not match its manifest hash")
+        extra = set(payload.files) - {AdapterPayload.CONFIG, AdapterPayload.WEIGHTS}
+        if extra:
+            raise ValidationError(f"{ref}: unexpected files {sorted(extra)}")
+        record = self.listing(self.identity).get(ref.name, {}).get(ref.version)
+        recorded = getattr(record, "base_fingerprint", None)
+        if self.base_fingerprint and recorded and recorded != self.base_fingerprint:
+            raise ValidationError(f"{ref}: trained on another base ({recorded[:12]})")
+        problems = [
+            p for ps in self.hub.pm.hook.validate_adapter(adapter=payload) or [] for p in ps or []
+        ]
+        if problems:
+            raise ValidationError(f"{ref}: " + "; ".join(problems))
+
+    def _make_room(self, nbytes: int) -> None:
+        """Evict LRU unpinned entries until one more of ``nbytes`` fits; waits while all are pinned."""
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            live = [e for e in self.entries.values() if not e.retired]
+            used = sum(e.nbytes for e in self.entries.values())
+            if len(live) < self.max_resident and used + nbytes <= self.max_bytes:
+                return
+            idle = [e for e in self.entries.values() if e.pins == 0]
+            if idle:
+                victim = min(idle, key=lambda e: (not e.retired, e.last_used))
+                self._drop(victim)
+                self.on_event("evict")
+                continue
+            if not live and used + nbytes > self.max_bytes:
+                raise CacheBusy(f"an adapter of {nbytes} bytes exceeds the byte budget")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CacheBusy("every resident adapter is in use")
+            self._cond.wait(remaining)
+
+    def _drop(self, entry: Entry) -> None:
+        self.entries.pop(entry.ref, None)
+        self.bank.remove(entry.slot)
+
+    # ---- admin ------------------------------------------------------------------------------
+
+    def load(self, name: str) -> Entry:
+        """Admin: resolve ``name`` freshly (newest version) and make it resident; retire older ones."""
+        self._listings.clear()  # callers see the new version at once, not after list_ttl_s
+        ref = self.resolve(name, None, refresh=True)
+        entry = self.acquire(ref)
+        self.release(entry)
+        with self._cond:
+            for other in list(self.entries.values()):
+                if other.ref.name == ref.name and other.ref != ref:
+                    self._retire(other)
+        return entry
+
+    def unload(self, name: str) -> list[AdapterRef]:
+        """Admin: retire every resident version of ``name``; running requests finish first."""
+        with self._cond:
+            refs = [e.ref for e in self.entries.values() if e.ref.name == name and not e.retired]
+            for ref in refs:
+                self._retire(self.entries[ref])
+        return refs
+
+    def _retire(self, entry: Entry) -> None:
+        entry.retired = True
+        if entry.pins == 0:
+            self._drop(entry)
+
+    def info(self) -> list[dict[str, Any]]:
+        """Resident adapters, most recently used first."""
+        with self._cond:
+            live = [e for e in self.entries.values() if not e.retired]
+            return [e.info() for e in sorted(live, key=lambda e: -e.last_used)]
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes of resident adapter payloads."""
+        return sum(e.nbytes for e in self.entries.values())

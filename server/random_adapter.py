@@ -1,0 +1,41 @@
+"""Seeded random LoRA adapters for benchmarks and demos (no training, built in memory)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hub.types import AdapterPayload
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def random_lora_payload(
+    base: Path, name: str, *, seed: int, r: int = 16, std: float = 0.08
+) -> AdapterPayload:
+    """A PEFT LoRA on ``base`` with seeded random A and B (B non-zero, so it changes outputs).
+
+    Built with PEFT and serialised with safetensors straight into memory.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from safetensors.torch import save
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=TARGETS, lora_dropout=0.0)
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for pname, param in peft_model.named_parameters():
+            if "lora_B" in pname:
+                param.normal_(0.0, std)
+    state = {k: v.contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
+    cfg = peft_model.peft_config["default"].to_dict()
+    cfg = {k: (sorted(v) if isinstance(v, set) else v) for k, v in cfg.items()}
+    cfg["base_model_name_or_path"] = None
+    files = {
+        AdapterPayload.CONFIG: json.dumps(cfg, indent=2, default=str).encode(),
+        AdapterPayload.WEIGHTS: save(state),
+    }
+    return AdapterPayload(name=name, files=files)
