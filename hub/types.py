@@ -116,14 +116,24 @@ class Quantizer(Protocol):
     def load(self, source: str | Path, options: Mapping[str, Any] | None = None) -> Any:
         """Load ``source`` (hub id or local path) quantized; returns a ``PreTrainedModel``."""
 
-    def save(self, model: Any, out_dir: Path, manifest: Mapping[str, Any]) -> None:
-        """Write a pre-quantized checkpoint (safetensors) plus ``manifest`` to ``out_dir``."""
+    def save(
+        self, model: Any, out_dir: Path, manifest: Mapping[str, Any] | None = None
+    ) -> Mapping[str, Any]:
+        """Write a pre-quantized checkpoint (safetensors) to ``out_dir`` (absent or empty).
+
+        Atomic (temp dir + rename). Writes :data:`hub.models.CHECKPOINT_MANIFEST`
+        with ``method``, ``options``, ``base_fingerprint``, the sha256 of every
+        file and library versions; ``manifest`` entries are added. Returns it.
+        """
 
     def load_quantized(self, checkpoint: Path) -> Any:
-        """Load a checkpoint written by :meth:`save` without materialising full precision."""
+        """Verify a checkpoint written by :meth:`save` (``IntegrityError`` naming a bad file)
+        and load it without materialising full precision."""
 
     def footprint(self, model: Any) -> Mapping[str, Any]:
-        """Bytes and bits per parameter of a loaded model."""
+        """Bytes and bits per parameter of a loaded model: at least ``bytes`` and
+        ``bits_per_param`` (whole model); ``quantized_bits_per_param`` for the quantized
+        linear weights alone."""
 
 
 @runtime_checkable

@@ -77,3 +77,12 @@ def test_unknown_method_lists_known_ones(hub_factory):
     with pytest.raises(UnknownNameError) as err:
         hub.quantizers["nf3"]
     assert str(err.value) == "unknown quantizer 'nf3': known quantizers are fp4, int8, nf4, none"
+
+
+def test_unknown_hub_id_is_refused(quantizers):
+    with pytest.raises(ValidationError) as err:
+        quantizers["nf4"].load("nobody-qlora-hub/no-such-model")
+    assert str(err.value).startswith(
+        "nobody-qlora-hub/no-such-model is neither a local model directory nor a reachable "
+        "Hugging Face model ("
+    )
