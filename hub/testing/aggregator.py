@@ -53,6 +53,7 @@ class AggregatorContract(ProtocolContract):
 
     @pytest.fixture
     def aggregator_params(self) -> Any:
+        """``params`` for ``init_round``; override for faster test parameters."""
         return None
 
     @pytest.fixture(scope="class")
@@ -115,6 +116,7 @@ class AggregatorContract(ProtocolContract):
     def finished_round(
         self, subject: Any, tmp_path: Path, contract_keys: dict, aggregator_params: Any
     ) -> dict[str, Any]:
+        """One ffa round by three teams, finalized; with contribution hashes taken before."""
         rdir, kdir = self._init(subject, tmp_path, contract_keys, aggregator_params)
         files = self._contribute(subject, rdir, contract_keys)
         before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}

@@ -37,6 +37,7 @@ class RoundAggregator:
 
     @property
     def codec(self) -> Any:
+        """The chunk codec, built on first use (TenSEAL is imported only then)."""
         if self._codec is None:
             self._codec = self._codec_factory()
         return self._codec

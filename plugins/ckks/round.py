@@ -67,22 +67,27 @@ class Round:
 
     @property
     def id(self) -> str:
+        """The round id."""
         return self.meta["round"]
 
     @property
     def teams(self) -> list[str]:
+        """Participating teams, in the order given to init."""
         return list(self.meta["teams"])
 
     @property
     def mode(self) -> str:
+        """Merge mode: ffa, fedavg or dense."""
         return self.meta["mode"]
 
     @property
     def params(self) -> CkksParams:
+        """The round's CKKS parameters."""
         return CkksParams.from_json(self.meta["params"])
 
     @property
     def context_sha256(self) -> str:
+        """sha256 of the public context the manifest binds."""
         return self.meta["context_sha256"]
 
     def public_context(self) -> bytes:
@@ -96,6 +101,7 @@ class Round:
         return data
 
     def contribution_path(self, team: str) -> Path:
+        """Where ``team``'s contribution lives in the round directory."""
         return self.dir / CONTRIBUTIONS / f"{team}.fedc"
 
     def require_team(self, team: str) -> str:
