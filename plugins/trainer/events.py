@@ -60,8 +60,9 @@ def make_event_callback(
                     }
                 )
 
-        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self._send({"kind": "end", "step": state.global_step, **self.last})
+        def finish(self, step: int, **final: Any) -> None:
+            """Send the ``end`` event (after the final evaluation, so it carries eval_loss)."""
+            self._send({"kind": "end", "step": step, **self.last, **final})
 
     return HubEvents()
 

@@ -351,6 +351,7 @@ def _train(
     }
     if eval_rows:
         metrics["eval_loss"] = float(trainer.evaluate()["eval_loss"])
+    events.finish(trainer.state.global_step)
     opt_info = describe_optimizer(trainer.optimizer)
     account = memory_account(model, trainer.optimizer, opts.r)
     result = TrainResult(

@@ -92,7 +92,7 @@ def test_run_directory_holds_adapter_manifest_metrics_and_loss_curve(first_run) 
     ]
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     kinds = [json.loads(line)["kind"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert kinds == ["step"] * 4 + ["end"]
+    assert kinds == ["step"] * 4 + ["eval", "end"]
 
 
 def test_manifest_records_base_data_config_versions_and_metrics(first_run, embedded_base, data):
@@ -127,7 +127,7 @@ def test_adapter_is_pushed_to_the_local_store(first_run) -> None:
 
 def test_training_event_hook_gets_steps_and_end(first_run) -> None:
     _, _, recorder = first_run
-    assert [e["kind"] for e in recorder.events] == ["step"] * 4 + ["end"]
+    assert [e["kind"] for e in recorder.events] == ["step"] * 4 + ["eval", "end"]
     assert [e["step"] for e in recorder.events[:4]] == [1, 2, 3, 4]
     assert all(e["loss"] > 0 and e["learning_rate"] >= 0 for e in recorder.events[:4])
 
