@@ -336,3 +336,32 @@ def test_public_context_only_cannot_finalize(
     shutil.copy(rdir / "public.context", kdir / "secret.context")
     with pytest.raises(AccessError, match="this CKKS context holds no secret key"):
         agg.finalize(rdir, key_dir=kdir, name="m")
+
+
+def test_aggregate_refuses_contribution_from_team_outside_round(
+    agg: Any,
+    start: Any,
+    give: Any,
+    verifier: Any,
+    signers: Any,
+    adapters: dict,
+    tmp_path: Path,
+    logic_params: dict,
+) -> None:
+    other = tmp_path / "other"
+    agg.init_round(
+        other,
+        round_id="r1",
+        teams=["a", "hold"],
+        mode="ffa",
+        key_dir=tmp_path / "k2",
+        params=logic_params,
+        key_holder="hold",
+        sign=signers["hold"],
+    )
+    agg.contribute(other, team="hold", adapter=adapters["a"], weight=0.5, sign=signers["hold"])
+    rdir, _ = start()
+    for t in "abc":
+        give(rdir, t)
+    shutil.copy(other / "contributions" / "hold.fedc", rdir / "contributions" / "hold.fedc")
+    refused(agg, rdir, verifier, UnknownNameError, "team 'hold' is not part of round r1")
