@@ -46,7 +46,7 @@ def server_of(request: Request) -> ServerState:
     return request.app.state.server
 
 
-@get("/v1/models", sync_to_thread=False)
+@get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
     """The base and every adapter the caller's team may use."""
     srv = server_of(request)
@@ -68,7 +68,7 @@ async def list_models(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
-@post("/v1/completions")
+@post("/v1/completions", status_code=200)
 async def completions(request: Request, data: CompletionRequest) -> Any:
     """Text completion with the adapter named by ``model``."""
     srv = server_of(request)
@@ -76,7 +76,7 @@ async def completions(request: Request, data: CompletionRequest) -> Any:
     return await _generate(request, data, prompt_ids, chat=False)
 
 
-@post("/v1/chat/completions")
+@post("/v1/chat/completions", status_code=200)
 async def chat_completions(request: Request, data: ChatCompletionRequest) -> Any:
     """Chat completion: the messages go through the base's chat template."""
     srv = server_of(request)

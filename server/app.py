@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,12 +76,13 @@ def build_state(
         store: a storage backend instance the server reads adapters from.
         identity: the server's team in storage (default ``serve.identity``).
     """
+    import torch
+
     from server.lora import LoRABank
-    from server.model import compute_dtype
 
     s = settings.get
     metrics = ServerMetrics()
-    bank = LoRABank(base.model, compute_dtype(base.model))
+    bank = LoRABank(base.model, torch.float32)  # LoRA math in fp32, like PEFT
     tok = base.tokenizer
     eos = {tok.eos_token_id}
     end = tok.convert_tokens_to_ids("<|end|>")
@@ -188,6 +190,18 @@ async def adapters_unload(request: Request, name: str) -> dict[str, Any]:
     return {"unloaded": [str(r) for r in refs]}
 
 
+_FIELD_IN_MESSAGE = re.compile(r"(?:field `|at `\$\.)([A-Za-z0-9_.\[\]]+)`")
+
+
+def _field_of(detail: dict[str, Any]) -> str | None:
+    """The request field a validation detail is about (msgspec names it in the message)."""
+    key = detail.get("key")
+    if key and key != "data":
+        return key
+    found = _FIELD_IN_MESSAGE.search(str(detail.get("message", "")))
+    return found.group(1) if found else None
+
+
 def _openai_error(request: Request, exc: Exception) -> Response:
     """Every error in OpenAI's shape; validation errors name the offending field."""
     if isinstance(exc, ValidationException):
@@ -195,10 +209,10 @@ def _openai_error(request: Request, exc: Exception) -> Response:
         extra = exc.extra if isinstance(exc.extra, list) else []
         details = [e for e in extra if isinstance(e, dict)]
         if details:
-            param = details[0].get("key")
-            message = "; ".join(f"{d.get('key') or 'body'}: {d.get('message')}" for d in details)
+            param = _field_of(details[0])
+            message = "; ".join(f"{_field_of(d) or 'body'}: {d.get('message')}" for d in details)
         else:
-            message = exc.detail
+            message = f"request body is not valid JSON: {exc.detail}"
         kind = "invalid_request_error"
     elif isinstance(exc, HTTPException):
         status, message, param = exc.status_code, exc.detail, getattr(exc, "param", None)

@@ -280,6 +280,22 @@ class AdapterCache:
         if entry.pins == 0:
             self._drop(entry)
 
+    def set_budget(self, max_resident: int | None = None, max_bytes: int | None = None) -> None:
+        """Change the budget now; idle entries over it are evicted at once, pinned ones later."""
+        with self._cond:
+            if max_resident is not None:
+                self.max_resident = max_resident
+            if max_bytes is not None:
+                self.max_bytes = max_bytes
+            while True:
+                live = [e for e in self.entries.values() if not e.retired]
+                over = len(live) > self.max_resident or self.resident_bytes > self.max_bytes
+                idle = [e for e in live if e.pins == 0]
+                if not over or not idle:
+                    return
+                self._drop(min(idle, key=lambda e: e.last_used))
+                self.on_event("evict")
+
     def info(self) -> list[dict[str, Any]]:
         """Resident adapters, most recently used first."""
         with self._cond:

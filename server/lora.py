@@ -46,7 +46,8 @@ class BatchedLoRALinear(nn.Module):
         delta = (
             torch.bmm(h, b.transpose(1, 2)) * self.bank.scales.index_select(0, rows)[:, None, None]
         )
-        return out + delta.to(out.dtype)
+        # add in the LoRA dtype, then round once, as PEFT does
+        return (out + delta).to(out.dtype)
 
 
 class LoRABank:

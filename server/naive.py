@@ -135,6 +135,15 @@ class NaiveEngine:
         prompts = [words[i % len(words)] + ":" for i in range(rows)]
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         adapter_names = [names[i % len(names)] for i in range(rows)]
+        with torch.no_grad():  # warm-up: the first adapter_names call builds its hooks
+            self.model.generate(
+                **batch,
+                adapter_names=adapter_names,
+                max_new_tokens=1,
+                do_sample=False,
+                pad_token_id=0,
+                eos_token_id=None,
+            )
         start = time.perf_counter()
         with torch.no_grad():
             out = self.model.generate(

@@ -1,0 +1,135 @@
+"""A real server on loopback: the embedded base, adapters in the `local` backend, API keys.
+
+Adapters (published by team ``alpha`` and shared with the server unless noted):
+``upper`` and ``reverse`` (trained fixtures), ``r0``..``r5`` (seeded random LoRAs),
+``private`` (alpha's, not shared with the server), ``beta-only`` (team beta's).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hub.types import AdapterPayload
+
+RANDOM_NAMES = [f"r{i}" for i in range(6)]
+EIGHT = ["upper", "reverse", *RANDOM_NAMES]
+
+
+@dataclass
+class LiveServer:
+    """A running server and what tests need to talk to it."""
+
+    url: str
+    keys: dict[str, str]
+    state: Any
+    store: Any
+    home: Path
+    hub: Any
+    uvicorn: Any = None
+    thread: threading.Thread | None = None
+
+    def headers(self, who: str) -> dict[str, str]:
+        """Authorization header of a named key (``alpha``, ``beta``, ``admin``)."""
+        return {"Authorization": f"Bearer {self.keys[who]}"}
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_uvicorn(app: Any) -> tuple[Any, threading.Thread, str]:
+    """Run ``app`` under uvicorn in a thread on a free loopback port; returns (server, thread, url)."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def serve_home(
+    tmp_path_factory: pytest.TempPathFactory, embedded_base: Path, trained_adapters: dict[str, Path]
+) -> dict[str, Any]:
+    """A data directory with the adapters published in `local` storage and three API keys."""
+    from hub.config import load_settings
+    from hub.plugins import Hub
+    from hub.store import open_store
+    from server.auth import KeyStore
+    from server.random_adapter import random_lora_payload
+
+    home = tmp_path_factory.mktemp("serve-home")
+    hub = Hub()
+    settings = load_settings(home)
+    settings.override("hub.storage", "local")
+    store = open_store(hub, settings)
+    for name in ("upper", "reverse"):
+        store.push(
+            AdapterPayload.from_dir(trained_adapters[name], name),
+            team="alpha",
+            share_with=["server"],
+        )
+    for i, name in enumerate(RANDOM_NAMES):
+        store.push(
+            random_lora_payload(embedded_base, name, seed=100 + i, r=8),
+            team="alpha",
+            share_with=["server"],
+        )
+    store.push(random_lora_payload(embedded_base, "private", seed=7, r=8), team="alpha")
+    store.push(
+        random_lora_payload(embedded_base, "beta-only", seed=8, r=8),
+        team="beta",
+        share_with=["server"],
+    )
+    keys = KeyStore(home)
+    tokens = {
+        "alpha": keys.create("alpha")[1],
+        "beta": keys.create("beta")[1],
+        "admin": keys.create("ops", admin=True)[1],
+    }
+    return {
+        "home": home,
+        "hub": hub,
+        "settings": settings,
+        "store": store,
+        "keys": tokens,
+    }
+
+
+@pytest.fixture(scope="session")
+def live_server(serve_home: dict[str, Any], embedded_base: Path):
+    """The server under uvicorn on loopback, shared by the API tests."""
+    from server.app import build_state, create_app
+    from server.model import load_served_base
+
+    hub, settings = serve_home["hub"], serve_home["settings"]
+    settings.override("serve.rate_limit_per_minute", 100_000)
+    settings.override("serve.max_body_bytes", 64 * 1024)
+    loaded = load_served_base(hub, embedded_base)
+    state = build_state(hub, settings, loaded, serve_home["store"], identity="server")
+    app = create_app(state, hub, max_body_bytes=64 * 1024)
+    server, thread, url = start_uvicorn(app)
+    live = LiveServer(
+        url, serve_home["keys"], state, serve_home["store"], serve_home["home"], hub, server, thread
+    )
+    yield live
+    server.should_exit = True
+    thread.join(timeout=30)
