@@ -405,6 +405,9 @@ def _train(
         "world_size": world_size,
     }
     write_json_atomic(run_dir / MANIFEST, manifest)
+    ckpts = run_dir / CHECKPOINTS
+    if ckpts.is_dir() and not any(ckpts.iterdir()):
+        ckpts.rmdir()  # the Trainer creates it up front; keep the run tidy when nothing was saved
     plot_loss(run_dir / METRICS, run_dir / LOSS_PNG, f"{name}: loss")
     result.manifest = manifest
     if store is not None:
