@@ -162,11 +162,10 @@ class Engine:
                     joining.append(self._pending.popleft())
             joining = [r for r in joining if not self._dropped(r)]
             try:
-                with self.bank.lock:
-                    if joining:
-                        self._prefill(joining)
-                    if self.rows:
-                        self._decode()
+                if joining:
+                    self._prefill(joining)
+                if self.rows:
+                    self._decode()
             except Exception as exc:  # a bug or OOM must not kill the worker: fail this batch
                 log.exception("engine step failed")
                 for req in [*self.rows, *joining]:
@@ -184,15 +183,18 @@ class Engine:
         from transformers import DynamicCache
 
         cache = DynamicCache(ddp_cache_data=[(k, v) for k, v in kv]) if kv else DynamicCache()
-        self.bank.rows = slots
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=pos,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        # the bank lock covers only the forward pass: finishing a row releases its adapter in
+        # the cache, which takes the cache lock, and the cache takes the bank lock inside it
+        with self.bank.lock:
+            self.bank.rows = slots
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         layers = out.past_key_values.layers
         if self.on_step:
             self.on_step(ids.shape[0])

@@ -100,6 +100,7 @@ def api_key_create(state: CliState, team: str, admin: bool) -> None:
 @click.option("--requests", "n_requests", type=int, default=64, help="Requests per scenario.")
 @click.option("--clients", type=int, default=32, help="Concurrent clients.")
 @click.option("--max-tokens", type=int, default=16, help="Tokens per request.")
+@click.option("--repeats", type=int, default=3, help="Runs of mixed8 and single1 (median kept).")
 @pass_state
 def bench_serve(
     state: CliState,
@@ -108,6 +109,7 @@ def bench_serve(
     n_requests: int,
     clients: int,
     max_tokens: int,
+    repeats: int,
 ) -> None:
     """Mixed-adapter batching vs a naive set_adapter server, 8 adapters vs 1, latency, cold load."""
     from server.bench import run_bench
@@ -118,6 +120,7 @@ def bench_serve(
         n_requests=n_requests,
         clients=clients,
         max_tokens=max_tokens,
+        repeats=repeats,
         progress=not as_json,
     )
     if as_json:

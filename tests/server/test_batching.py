@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 EIGHT = ["upper", "reverse", "r0", "r1", "r2", "r3", "r4", "r5"]
-WORDS = ["cat", "lemon", "quartz", "river"]
+WORDS = ["apple", "piano", "quartz", "river"]
 
 
 def complete(live_server, model: str, word: str, max_tokens: int = 8) -> httpx.Response:
@@ -36,12 +36,12 @@ def single_outputs(live_server) -> dict[tuple[str, str], str]:
 
 
 def test_upper_and_reverse_adapters_do_their_tasks(single_outputs) -> None:
-    assert [single_outputs[("upper", w)] for w in WORDS] == ["CAT", "LEMON", "QUARTZ", "RIVER"]
-    assert [single_outputs[("reverse", w)] for w in WORDS] == ["tac", "nomel", "ztrauq", "revir"]
+    assert [single_outputs[("upper", w)] for w in WORDS] == ["APPLE", "PIANO", "QUARTZ", "RIVER"]
+    assert [single_outputs[("reverse", w)] for w in WORDS] == ["elppa", "onaip", "ztrauq", "revir"]
 
 
 def test_random_adapters_answer_differently_from_each_other(single_outputs) -> None:
-    assert len({single_outputs[(m, "lemon")] for m in EIGHT}) == 8
+    assert len({single_outputs[(m, "piano")] for m in EIGHT}) == 8
 
 
 def test_64_concurrent_requests_over_8_adapters_match_single_request_output(

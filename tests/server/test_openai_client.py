@@ -15,8 +15,8 @@ def client(live_server):
 
 
 def test_openai_client_completion_uppercases_with_the_upper_adapter(client) -> None:
-    out = client.completions.create(model="upper", prompt="hello:", max_tokens=10, temperature=0)
-    assert out.choices[0].text == "HELLO"
+    out = client.completions.create(model="upper", prompt="apple:", max_tokens=10, temperature=0)
+    assert out.choices[0].text == "APPLE"
     assert out.choices[0].finish_reason == "stop"
     assert out.usage.prompt_tokens == 6
     assert out.usage.completion_tokens == 6  # five letters and the end token
