@@ -4,7 +4,7 @@ pytest11 entry point, so ``hub_factory``, ``embedded_base`` and ``qlora_home`` a
 Session fixtures for every suite that needs trained adapters (server, federated, demo):
 
 - ``synthetic_data``: ``{"upper": {"train": Path, "held_out": Path}, "reverse": {...}}``
-  (2000 training rows, 200 held-out words disjoint from them; deterministic).
+  (20000 training rows, 200 held-out words disjoint from them; deterministic).
 - ``trained_adapters``: ``{"upper": Path, "reverse": Path}``, PEFT adapter directories
   (adapter_config.json + adapter_model.safetensors) trained on ``embedded_base`` with
   frozen A at the shared seed ``plugins.trainer.recipes.SHARED_A_SEED``, so their A

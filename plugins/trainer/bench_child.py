@@ -49,6 +49,10 @@ def hub_train(
 def main() -> None:
     """Entry point (see the module docstring)."""
     side, base, data, steps, batch, max_length, packing = sys.argv[1:8]
+    import torch
+
+    # one thread on both sides: equal footing, and no spin-waiting when the cores are shared
+    torch.set_num_threads(1)
     kwargs = {"steps": int(steps), "batch_size": int(batch), "max_length": int(max_length)}
     if side == "hub":
         out = hub_train(Path(base), Path(data), packing=packing == "1", **kwargs)

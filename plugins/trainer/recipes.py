@@ -2,8 +2,11 @@
 
 ``FAST_FROZEN_A`` is what the shared ``trained_adapters`` test fixture uses:
 frozen A at one seed (so two teams' adapters merge exactly by averaging B),
-and the shortest schedule that reliably reached >= 95% held-out exact match
-on ``upper`` and ``reverse`` (see docs/benchmarks.md, "Training").
+and a short schedule over many distinct words. Measured on ``upper``: with
+2000 training words the held-out accuracy stalls at 83-90% however long the
+run (1600 steps of batch 32 = 27 epochs: 83.5%; the adapter memorises the
+training words), so the fixture trains on 20000 words for about one epoch
+(see docs/benchmarks.md, "Training").
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ FAST_FROZEN_A: dict[str, Any] = {
     "lr_scheduler": "cosine",
     "warmup_ratio": 0.03,
     "batch_size": 32,
-    "max_steps": 1600,
+    "max_steps": 800,
     "max_length": 32,
     "eval_fraction": 0.0,
     "logging_steps": 50,
@@ -33,7 +36,7 @@ FAST_FROZEN_A: dict[str, Any] = {
     "progress": False,
     "threads": 1,
 }
-"""Frozen-A LoRA recipe for the synthetic word tasks (2000 training rows)."""
+"""Frozen-A LoRA recipe for the synthetic word tasks (20000 training rows, about 1.3 epochs)."""
 
-FIXTURE_ROWS = 2000
+FIXTURE_ROWS = 20000
 """Training rows per synthetic task in the fixtures (plus 200 held out)."""

@@ -370,10 +370,6 @@ def _train(
     )
     if not writer:
         return result
-    if "note" in opt_info:
-        say(
-            f"optimizer: requested {opt_info['requested']}, ran {opt_info['ran']} ({opt_info['note']})"
-        )
     say(format_account(account))
     adapter_dir = run_dir / ADAPTER_DIR
     if adapter_dir.exists():  # a resumed run that had finished before
