@@ -171,12 +171,13 @@ def run_bench(
                     asyncio.run(_drive(url, key, ADAPTERS[:1], n_requests, clients, max_tokens))
                 )
             mixed, single = _median_run(mixed_runs), _median_run(single_runs)
-            engine_only = {
-                label: _median_run(
-                    [_engine_only(state, models, clients, max_tokens) for _ in range(repeats)]
+            engine_runs: dict[str, list[dict[str, Any]]] = {"mixed8": [], "single1": []}
+            for _ in range(repeats):
+                engine_runs["mixed8"].append(_engine_only(state, ADAPTERS, clients, max_tokens))
+                engine_runs["single1"].append(
+                    _engine_only(state, ADAPTERS[:1], clients, max_tokens)
                 )
-                for label, models in (("mixed8", ADAPTERS), ("single1", ADAPTERS[:1]))
-            }
+            engine_only = {label: _median_run(runs) for label, runs in engine_runs.items()}
             bar.advance(task, 2)
         finally:
             _stop(server)
