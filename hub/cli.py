@@ -168,6 +168,12 @@ def _early_disabled(argv: list[str]) -> list[str]:
     return out
 
 
+def _demo_command() -> click.Command:
+    from hub.demo import demo_cmd
+
+    return demo_cmd
+
+
 def make_cli(hub: Hub) -> click.Group:
     """A fresh root group with the core commands and every plugin's commands."""
     root = click.Group(
@@ -182,6 +188,7 @@ def make_cli(hub: Hub) -> click.Group:
     root.commands["base"].add_command(base_init)
     root.add_command(plugins_cmd)
     root.add_command(config_cmd)
+    root.add_command(_demo_command())
     for impl in hub.pm.hook.register_commands.get_hookimpls():
         try:
             impl.function(cli=root)
