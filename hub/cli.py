@@ -93,7 +93,7 @@ def _root(
     """qlora-hub: fine-tune, store, share, merge and serve QLoRA adapters."""
     hub = ctx.obj if isinstance(ctx.obj, Hub) else Hub(disable=[*disabled_from_env(), *disabled])
     ctx.obj = CliState(
-        hub=hub, home=home or default_home(), config_file=config_file, verbose=verbose
+        hub=hub, home=Path(home or default_home()).expanduser().absolute(), config_file=config_file, verbose=verbose
     )
 
 

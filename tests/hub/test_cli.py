@@ -139,3 +139,10 @@ def test_plugin_failing_to_add_commands_is_named(hub_factory):
         "plugin 'broken_cmds' failed to add its commands: RuntimeError: no click today; "
         "switch it off with --disable-plugin broken_cmds"
     )
+
+
+def test_relative_home_is_made_absolute(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = call(capsys, "--home", "rel-home", "config", "--json")
+    assert code == 0
+    assert json.loads(out)["home"] == str(tmp_path / "rel-home")
