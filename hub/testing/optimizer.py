@@ -25,13 +25,14 @@ class OptimizerFactoryContract(ProtocolContract):
     def test_steps_reduce_a_quadratic_loss(self, subject: Any) -> None:
         param, target = self._problem()
         opt = subject.build([param], lr=0.05)
-        first = ((param - target) ** 2).mean().item()
+        # a summed loss keeps gradients O(1), so plain SGD and Adam-style methods both converge
+        first = ((param - target) ** 2).sum().item()
         for _ in range(30):
             opt.zero_grad()
-            loss = ((param - target) ** 2).mean()
+            loss = ((param - target) ** 2).sum()
             loss.backward()
             opt.step()
-        assert ((param - target) ** 2).mean().item() < 0.5 * first
+        assert ((param - target) ** 2).sum().item() < 0.5 * first
 
     def test_uses_the_given_learning_rate(self, subject: Any) -> None:
         param, _ = self._problem()

@@ -14,7 +14,7 @@ def test_contract_suite_passes_for_a_conforming_third_party_object(pytester):
             description = "plain sgd"
             def build(self, params, *, lr, weight_decay=0.0):
                 import torch
-                return torch.optim.SGD(params, lr=lr)
+                return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
 
         class TestSgd(OptimizerFactoryContract):
             @pytest.fixture
