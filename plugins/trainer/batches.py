@@ -22,6 +22,57 @@ def make_dataset(examples: list[Example]) -> Any:
     return ExampleDataset()
 
 
+class BinPacker:
+    """Packs a batch's rows into as few rows of at most ``max_length`` tokens as fit.
+
+    First-fit decreasing. Each packed row restarts ``position_ids`` at every
+    example, and no attention mask is passed, so transformers builds a
+    block-diagonal causal mask from the position ids: examples never see each
+    other. The first label of every example is ignored (it would be predicted
+    from the previous example). Bins are padded to the longest one with a pad
+    segment whose labels are ignored. Attention stays bounded by ``max_length``
+    squared per row, unlike flattening the whole batch into one long row.
+    """
+
+    def __init__(self, pad_id: int, max_length: int) -> None:
+        self.pad_id = pad_id
+        self.max_length = max_length
+
+    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        bins: list[list[Any]] = []  # [tokens used, rows]
+        for row in sorted(rows, key=lambda r: -len(r["input_ids"])):
+            size = len(row["input_ids"])
+            for b in bins:
+                if b[0] + size <= self.max_length:
+                    b[0] += size
+                    b[1].append(row)
+                    break
+            else:
+                bins.append([size, [row]])
+        width = max(b[0] for b in bins)
+        ids, labels, positions = [], [], []
+        for used, members in bins:
+            i: list[int] = []
+            lab: list[int] = []
+            pos: list[int] = []
+            for row in members:
+                i += row["input_ids"]
+                lab += [IGNORE, *row["labels"][1:]]
+                pos += list(range(len(row["input_ids"])))
+            pad = width - used
+            ids.append(i + [self.pad_id] * pad)
+            labels.append(lab + [IGNORE] * pad)
+            positions.append(pos + list(range(pad)))
+        return {
+            "input_ids": torch.tensor(ids),
+            "labels": torch.tensor(labels),
+            "position_ids": torch.tensor(positions),
+            "real_tokens": sum(b[0] for b in bins),
+        }
+
+
 class TokenCounter:
     """Wraps a collator and counts the tokens it hands the model (for tokens/s figures).
 
@@ -37,11 +88,17 @@ class TokenCounter:
         batch = self.inner(rows)
         self.tokens += batch["input_ids"].numel()
         mask = batch.get("attention_mask")
-        self.useful_tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        real = batch.pop("real_tokens", None)  # the packer reports it: no mask to count from
+        if real is not None:
+            self.useful_tokens += real
+        elif mask is not None:
+            self.useful_tokens += int(mask.sum())
+        else:
+            self.useful_tokens += batch["input_ids"].numel()
         return batch
 
 
-def make_collator(tokenizer: Any, *, packing: bool) -> TokenCounter:
+def make_collator(tokenizer: Any, *, packing: bool, max_length: int = 256) -> TokenCounter:
     """The batch collator (wrapped in a :class:`TokenCounter`).
 
     ``packing``: every row of a batch is concatenated into one sequence with

@@ -282,6 +282,9 @@ def _train(
         write_json_atomic(run_dir / RUN_INFO, run_info)
 
     transformers.set_seed(opts.seed)
+    # no KV cache while training: it is useless there, and with one transformers ignores the
+    # position ids that keep packed examples apart
+    loaded.model.config.use_cache = False
     model = method.attach(loaded.model, opts.lora_options())
     events = make_event_callback(
         lambda e: hub.pm.hook.training_event(event=e), run_dir / METRICS, writer
@@ -315,7 +318,7 @@ def _train(
         dataloader_num_workers=0,
         save_only_model=False,
     )
-    collator = make_collator(loaded.tokenizer, packing=opts.packing)
+    collator = make_collator(loaded.tokenizer, packing=opts.packing, max_length=opts.max_length)
     trainer = make_trainer_class()(
         model=model,
         args=args,
