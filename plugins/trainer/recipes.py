@@ -28,7 +28,7 @@ FAST_FROZEN_A: dict[str, Any] = {
     "lr_scheduler": "cosine",
     "warmup_ratio": 0.03,
     "batch_size": 32,
-    "max_steps": 800,
+    "max_steps": 1600,
     "max_length": 32,
     "eval_fraction": 0.0,
     "logging_steps": 50,
