@@ -133,13 +133,14 @@ class AdapterCache:
             raise AdapterUnavailable(model) from None
         if refresh:
             self.listing(self.identity, refresh=True)
-        versions = (self.listing(self.identity) if team is None else self.visible(team)).get(
-            ref.name, {}
-        )
-        if refresh and team is not None:
-            versions = self.visible(team).get(ref.name, {})
+            if team is not None:
+                self.listing(team, refresh=True)
+        listing = self.listing(self.identity) if team is None else self.visible(team)
+        versions = listing.get(ref.name, {})
         version = ref.version if ref.version is not None else max(versions, default=None)
         if version is None or version not in versions:
+            if not refresh:  # maybe published or shared since the listing was cached
+                return self.resolve(model, team, refresh=True)
             raise AdapterUnavailable(model)
         return AdapterRef(ref.name, version)
 
@@ -163,11 +164,14 @@ class AdapterCache:
                     owner = False
             if not owner:
                 loading.wait(self.wait_s)
-                if ref not in self.entries:
+                if getattr(loading, "failed", False):
                     raise AdapterUnavailable(str(ref))
-                continue
+                continue  # loaded (or already evicted again under a tight budget): retry
             try:
                 self._load(ref)
+            except BaseException:
+                loading.failed = True
+                raise
             finally:
                 with self._cond:
                     self._loading.pop(ref, None)
