@@ -43,8 +43,8 @@ class Recipe:
     learning_rate: float
 
 
-FULL = Recipe(train_rows=2000, held_out=200, steps=1600, batch_size=32, learning_rate=5e-3)
-FAST = Recipe(train_rows=1000, held_out=50, steps=300, batch_size=32, learning_rate=8e-3)
+FULL = Recipe(train_rows=20000, held_out=200, steps=1200, batch_size=32, learning_rate=5e-3)
+FAST = Recipe(train_rows=20000, held_out=100, steps=300, batch_size=32, learning_rate=8e-3)
 A_SEED = 20240607  # both teams freeze A at this seed, so the ffa merge is exact
 
 
@@ -117,8 +117,8 @@ class Demo:
 
     def stage_train(self) -> dict[str, Any]:
         r = self.recipe
-        out: dict[str, Any] = {}
-        for task in TASKS:
+        procs = {}
+        for task in TASKS:  # the two teams train at once, one core each, as on two machines
             data = self.work / "data" / task
             self.qh(
                 "data",
@@ -132,7 +132,7 @@ class Demo:
                 str(data),
             )
             run = self.work / "runs" / task
-            self.qh(
+            args = [
                 "train",
                 "--base",
                 str(self.work / "base-nf4"),
@@ -168,18 +168,45 @@ class Demo:
                 "0",
                 "--logging-steps",
                 "25",
-            )
+                "--threads",
+                "1",
+            ]
+            log = (self.work / f"train-{task}.log").open("wb")
+            procs[task] = (self.spawn(args, log), log)
+        out: dict[str, Any] = {}
+        for task, (proc, log) in procs.items():
+            code = proc.wait()
+            log.close()
+            if code != 0:
+                tail = (self.work / f"train-{task}.log").read_text(errors="replace").strip()
+                raise RuntimeError(f"training {task} exited {code}: {tail.splitlines()[-1:]}")
             acc = self.qh_json(
                 "eval",
                 f"{task}@latest",
                 "--team",
                 TEAM_OF[task],
+                "--base",
+                str(self.work / "base-nf4"),
                 "--data",
-                str(data / "held_out.jsonl"),
+                str(self.work / "data" / task / "held_out.jsonl"),
                 "--json",
             )
-            out[task] = {"team": TEAM_OF[task], "accuracy": acc["accuracy"], "run": str(run)}
+            out[task] = {
+                "team": TEAM_OF[task],
+                "accuracy": acc["accuracy"],
+                "run": str(self.work / "runs" / task),
+            }
         return out
+
+    def spawn(self, args: list[str], log: Any) -> subprocess.Popen:
+        """Start ``qlora-hub --home HOME ARGS`` in a child process writing to ``log``."""
+        env = {**os.environ, "QLORA_HUB_HOME": str(self.home), "TRANSFORMERS_VERBOSITY": "error"}
+        return subprocess.Popen(
+            [sys.executable, "-m", "hub", "--home", str(self.home), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
 
     def stage_share(self) -> dict[str, Any]:
         shares = []
@@ -228,6 +255,8 @@ class Demo:
                 "merged@latest",
                 "--team",
                 "alpha",
+                "--base",
+                str(self.work / "base-nf4"),
                 "--data",
                 str(self.work / "data" / task / "held_out.jsonl"),
                 "--json",
@@ -241,13 +270,9 @@ class Demo:
 
         key = self.qh("team", "api-key", "create", "alpha").strip().splitlines()[-1]
         port = _free_port()
-        env = {**os.environ, "QLORA_HUB_HOME": str(self.home)}
         log = (self.work / "server.log").open("wb")
-        proc = subprocess.Popen(
+        proc = self.spawn(
             [
-                sys.executable,
-                "-m",
-                "hub",
                 "serve",
                 "--base",
                 str(self.work / "base-nf4"),
@@ -256,9 +281,7 @@ class Demo:
                 "--port",
                 str(port),
             ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
+            log,
         )
         url = f"http://127.0.0.1:{port}"
         try:

@@ -74,7 +74,7 @@ def write_report(work: Path, summary: dict[str, Any]) -> Path:
     """Write ``<work>/report.html`` (self-contained: charts embedded as PNG data URIs)."""
     st = summary["stages"]
     train, fed, base = st["train"], st["federated"], st["base"]
-    tasks = list(train)
+    tasks = list(fed["merged_accuracy"])
     accuracy = [
         [
             f"{t} ({train[t]['team']})",
@@ -108,7 +108,7 @@ th{{background:#f3f3f3}}code{{background:#f6f6f6}}</style></head><body>
         )
     }
 <h2>Training loss</h2>
-<img alt="training loss" src="{_png_data_uri(_loss_chart(work, train))}">
+<img alt="training loss" src="{_png_data_uri(_loss_chart(work, {t: train[t] for t in tasks}))}">
 <h2>Held-out exact match</h2>
 {_table(["adapter", *tasks], accuracy)}
 <h2>Served answers</h2>
