@@ -45,3 +45,36 @@ def test_hookspec_docstring_names_every_argument_and_the_return(name, fn):
 def test_key_provider_is_firstresult_and_says_so():
     assert hookspecs.key_provider.qlora_hub_spec["firstresult"] is True
     assert "firstresult" in inspect.getdoc(hookspecs.key_provider)
+
+
+def test_cli_reference_is_generated_from_the_current_cli():
+    from hub.cli_reference import render
+
+    assert (ROOT / "docs" / "cli.md").read_text() == render(), (
+        "docs/cli.md is stale: run `python -m hub.cli_reference > docs/cli.md`"
+    )
+
+
+def test_docs_site_builds_in_strict_mode():
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "-f",
+            "docs/mkdocs.yml",  # relative: mkdocs refuses an absolute path to a config inside docs_dir
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        cwd=ROOT,  # run as documented: `mkdocs build --strict -f docs/mkdocs.yml` from the repo root
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (ROOT / "site" / "hooks" / "index.html").is_file()  # site_dir: ../site (gitignored)
