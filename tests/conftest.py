@@ -41,30 +41,58 @@ def trained_adapters(
     synthetic_data: dict[str, dict[str, Path]],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, Path]:
-    """PEFT adapter directories for ``upper`` and ``reverse`` (frozen A, shared seed)."""
-    import plugins.lora
-    import plugins.nf4
-    import plugins.paged
-    from hub.plugins import Hub
-    from plugins.trainer.recipes import FAST_FROZEN_A
-    from plugins.trainer.train import train_adapter
+    """PEFT adapter directories for ``upper`` and ``reverse`` (frozen A, shared seed).
 
-    # only the plugins training needs, so a half-built plugin elsewhere cannot break this
-    hub = Hub(
-        builtins=False,
-        entry_points=False,
-        extra=[("nf4", plugins.nf4), ("lora", plugins.lora), ("paged", plugins.paged)],
-    )
+    The two adapters train at once in two ``qlora-hub train`` processes, one
+    torch thread each, as two teams would on their own machines.
+    """
+    import subprocess
+    import sys
+
+    from plugins.trainer.recipes import FAST_FROZEN_A
+
     root = tmp_path_factory.mktemp("adapters")
-    return {
-        task: train_adapter(
-            hub,
-            embedded_base,
-            synthetic_data[task]["train"],
-            root / task,
-            name=task,
-            log=None,
-            **FAST_FROZEN_A,
-        ).adapter_dir
-        for task in FIXTURE_TASKS
-    }
+    flags = _train_flags(FAST_FROZEN_A)
+    procs = {}
+    for task in FIXTURE_TASKS:
+        log = (root / f"{task}.log").open("wb")
+        cmd = [
+            sys.executable,
+            "-m",
+            "hub",
+            "--home",
+            str(root / "home"),
+            "train",
+            "--base",
+            str(embedded_base),
+            "--data",
+            str(synthetic_data[task]["train"]),
+            "--adapter",
+            task,
+            "--no-store",
+            "--out",
+            str(root / task),
+            *flags,
+        ]
+        procs[task] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
+    for task, (proc, log) in procs.items():
+        code = proc.wait()
+        log.close()
+        assert code == 0, (root / f"{task}.log").read_text()[-3000:]
+    return {task: root / task / "adapter" for task in FIXTURE_TASKS}
+
+
+def _train_flags(recipe: dict) -> list[str]:
+    """``qlora-hub train`` flags for a recipe dict (``plugins.trainer.recipes``)."""
+    names = {"learning_rate": "lr"}
+    flags = []
+    for key, value in recipe.items():
+        if key == "progress":
+            flags += [] if value else ["--quiet"]
+            continue
+        flag = "--" + names.get(key, key).replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        else:
+            flags += [flag, str(value)]
+    return flags
