@@ -76,7 +76,7 @@ def test_eval_command_reports_exact_match(
         obj=h,
     )
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)  # warnings go to stderr
     assert report["total"] == 200 and report["accuracy"] >= 0.95
 
 
