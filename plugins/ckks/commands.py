@@ -254,7 +254,7 @@ def fed_finalize(
 
 def write_peft_dir(payload: Any, out: Path) -> None:
     """Write the adapter's files to ``out`` (created; each file written atomically)."""
-    from plugins.ckks.round import atomic_write
+    from hub.atomic import atomic_write
 
     out.mkdir(parents=True, exist_ok=True)
     for fname, data in payload.files.items():

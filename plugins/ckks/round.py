@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from hub.atomic import atomic_write
 from hub.errors import IntegrityError, UnknownNameError, ValidationError
 from plugins.ckks.fedfile import Signer, Verifier, canonical
 from plugins.ckks.modes import check_mode
@@ -42,20 +42,6 @@ def check_name(kind: str, value: str) -> str:
             f"{kind} {value!r} is not valid: use 1-64 letters, digits, '.', '_' or '-'"
         )
     return value
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` through a temp file, fsync and rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ from typing import Any
 
 from filelock import FileLock
 
+from hub.atomic import atomic_write
 from hub.errors import AccessError, ConfigError, IntegrityError, UnknownNameError, ValidationError
-from hub.teams import atomic_write, check_team_name
+from hub.teams import check_team_name
 from hub.types import AdapterPayload, AdapterRecord, AdapterRef
 from plugins.vault.names import check_name, collision_key
 from plugins.vault.validation import check_adapter, run_policy_hooks

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
+from hub.atomic import atomic_write
 from hub.errors import ConfigError, IntegrityError
-from hub.teams import atomic_write
 
 _KEY_RE = re.compile(r"^[a-z0-9_-]+(/[a-z0-9_.-]+)*$")
 
@@ -72,7 +72,7 @@ class FileBlobStore:
         return self.root / check_key(key)
 
     def put(self, key: str, data: bytes) -> None:
-        """Atomic durable write (see :func:`hub.teams.atomic_write`).
+        """Atomic durable write (see :func:`hub.atomic.atomic_write`).
 
         Folders created on the way are fsynced into their parents too, so the
         blob survives a power cut once the index says it exists.

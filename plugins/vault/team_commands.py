@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from hub import teams
+from hub.atomic import atomic_write
 from hub.cli import CliState, pass_state
 from hub.errors import ConfigError
 
@@ -75,7 +76,7 @@ def team_export_public(state: CliState, name: str, out: Path | None) -> None:
     if out is None:
         click.echo(data.decode())
     else:
-        teams.atomic_write(out, data)
+        atomic_write(out, data)
         click.echo(f"wrote {out}")
 
 
