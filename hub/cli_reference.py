@@ -11,11 +11,21 @@ from hub.cli import make_cli
 from hub.plugins import Hub
 
 
-def _walk(cmd: click.Command, path: list[str]) -> list[tuple[list[str], click.Command]]:
-    out = [(path, cmd)]
+def _walk(
+    cmd: click.Command, path: list[str], parent: click.Context | None = None
+) -> list[tuple[list[str], click.Command, click.Context]]:
+    # a real parent chain, so subcommands inherit the root's context settings (-h/--help)
+    ctx = click.Context(
+        cmd,
+        info_name=path[-1],
+        parent=parent,
+        terminal_width=100,
+        **({} if parent else cmd.context_settings),
+    )
+    out = [(path, cmd, ctx)]
     if isinstance(cmd, click.Group):
         for name in sorted(cmd.commands):
-            out.extend(_walk(cmd.commands[name], [*path, name]))
+            out.extend(_walk(cmd.commands[name], [*path, name], ctx))
     return out
 
 
@@ -30,8 +40,7 @@ def render(hub: Hub | None = None) -> str:
         "a test fails when this page is out of date.",
         "",
     ]
-    for path, cmd in _walk(root, ["qlora-hub"]):
-        ctx = click.Context(cmd, info_name=" ".join(path), terminal_width=100)
+    for path, cmd, ctx in _walk(root, ["qlora-hub"]):
         lines += [f"## {' '.join(path)}", "", "```text", cmd.get_help(ctx).rstrip(), "```", ""]
     return "\n".join(lines)
 
