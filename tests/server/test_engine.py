@@ -143,3 +143,21 @@ def test_adapter_with_wrong_shapes_is_refused(served, embedded_base) -> None:
     payload.files[payload.WEIGHTS] = save(tensors)
     with pytest.raises(ValidationError, match="q_proj needs A"):
         parse_adapter(payload, bank.shapes)
+
+
+def test_request_past_its_timeout_ends_with_a_timeout_error(served) -> None:
+    from server.engine import GenRequest
+
+    _, _, _, engine = served
+    done, events = threading.Event(), []
+    req = GenRequest(
+        prompt_ids=[9, 10],
+        slot=0,
+        max_tokens=400,
+        timeout_s=0.0,  # already past its deadline at the first step
+        on_event=lambda ev: (events.append(ev), ev[0] != "delta" and done.set()),
+    )
+    engine.submit(req)
+    assert done.wait(60)
+    assert events[-1][:2] == ("error", "timeout")  # the API answers 504
+    assert len(req.generated) < 400
