@@ -18,9 +18,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from hub.atomic import fsync_dir
+from hub.digest import sha256_file
 from hub.errors import IntegrityError, ValidationError
 from hub.models import CHECKPOINT_MANIFEST
-from plugins.nf4.source import PICKLE_PATTERNS, sha256_file
+from plugins.nf4.source import PICKLE_PATTERNS
 
 FORMAT_VERSION = 1
 
@@ -58,14 +60,6 @@ def ensure_empty_dir(out_dir: Path) -> None:
         raise ValidationError(
             f"output directory {out_dir} is not empty: choose a new or empty --out (nothing was written)"
         )
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_checkpoint(
@@ -112,7 +106,7 @@ def write_checkpoint(
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if out_dir.is_dir():
             out_dir.rmdir()  # empty (checked above); rename needs it gone
         tmp.rename(out_dir)

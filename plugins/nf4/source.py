@@ -9,7 +9,6 @@ kept in full precision, and why.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.base import fingerprint, weight_files
+from hub.digest import sha256_file
 from hub.errors import ValidationError
 
 PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth")
@@ -45,15 +45,6 @@ class ModelSource:
             return fingerprint(self.path)
         extra = {"pickle_weights": {p.name: sha256_file(p) for p in self.pickle_files()}}
         return fingerprint(self.path, extra=extra)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _looks_local(text: str) -> bool:

@@ -12,12 +12,12 @@ Each example ends with the tokenizer's EOS token so the model learns to stop.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hub.digest import sha256_file
 from hub.errors import ValidationError
 
 IGNORE = -100
@@ -50,15 +50,6 @@ class EncodedData:
     def tokens(self) -> int:
         """Total tokens (no padding)."""
         return sum(len(e.input_ids) for e in self.examples)
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
@@ -200,7 +191,7 @@ def load_examples(
         completion_only: loss on completions / assistant turns only.
     """
     path = Path(path)
-    data = EncodedData(path=path, examples=[], sha256=file_sha256(path) if path.is_file() else "")
+    data = EncodedData(path=path, examples=[], sha256=sha256_file(path) if path.is_file() else "")
     for lineno, row in read_rows(path):
         where = f"{path}:{lineno}"
         ids, labels, fmt = encode_row(row, tokenizer, where, completion_only=completion_only)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
-from hub.atomic import atomic_write
+from hub.atomic import atomic_write, fsync_dir
 from hub.errors import ConfigError, IntegrityError
 
 _KEY_RE = re.compile(r"^[a-z0-9_-]+(/[a-z0-9_.-]+)*$")
@@ -51,14 +51,6 @@ def check_key(key: str) -> str:
     return key
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class FileBlobStore:
     """``file://`` blobs: one file per key, written with temp file + fsync + rename."""
 
@@ -87,7 +79,7 @@ class FileBlobStore:
             folder.mkdir(exist_ok=True)
         atomic_write(path, data, mode=0o600)
         for folder in created:
-            _fsync_dir(folder.parent)
+            fsync_dir(folder.parent)
 
     def get(self, key: str) -> bytes:
         """Read the whole blob."""
