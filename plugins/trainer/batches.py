@@ -101,17 +101,16 @@ class TokenCounter:
 def make_collator(tokenizer: Any, *, packing: bool, max_length: int = 256) -> TokenCounter:
     """The batch collator (wrapped in a :class:`TokenCounter`).
 
-    ``packing``: every row of a batch is concatenated into one sequence with
-    ``position_ids`` restarting at each row (transformers' ``DataCollatorWithFlattening``);
-    the attention masks then keep rows apart, and no compute is spent on padding.
+    ``packing``: the batch's rows are bin-packed into rows of at most
+    ``max_length`` tokens (:class:`BinPacker`), ``position_ids`` restarting at
+    every example so that examples never attend to each other; little compute
+    is spent on padding and attention stays bounded per row.
     Otherwise rows are right-padded (positions start at 0, as in left-padded generation).
     """
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
-
     if packing:
-        return TokenCounter(
-            DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE)
-        )
+        return TokenCounter(BinPacker(pad_id=tokenizer.pad_token_id, max_length=max_length))
+    from transformers import DataCollatorForSeq2Seq
+
     right = copy.deepcopy(tokenizer)
     right.padding_side = "right"
     return TokenCounter(

@@ -34,6 +34,7 @@ def test_packed_loss_equals_padded_loss(embedded_base: Path) -> None:
     tok = AutoTokenizer.from_pretrained(embedded_base)
     padded = make_collator(tok, packing=False)(ROWS)
     packed = make_collator(tok, packing=True, max_length=8)(ROWS)
+    assert packed["input_ids"].shape == (2, 8)  # bin-packed rows, not one flattened row
     with torch.no_grad():
         # no KV cache, as in training: with a cache transformers ignores the packing
         a = model(**padded, use_cache=False).loss
