@@ -4,6 +4,8 @@ Each load runs in a fresh interpreter (``python -m plugins.nf4.bench MODE PATH``
 so its peak RSS is its own; a third kind of run only imports the libraries,
 giving the Python/torch baseline measured in the same session. Times are
 the load alone (imports excluded); figures are medians over ``--repeats``.
+"cold" is the first load in a process, "warm" the median of the next
+``WARM_LOADS`` loads in it (see :func:`probe`).
 """
 
 from __future__ import annotations
@@ -38,12 +40,43 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+WARM_LOADS = 3
+
+
+def _rss_by_mapping() -> dict[str, int]:
+    """Resident bytes per mapped file (``[anon]`` for anonymous memory and the heap)."""
+    out: dict[str, int] = {}
+    name = "[anon]"
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        parts = line.split()
+        if parts and not parts[0].endswith(":"):  # a mapping's header line
+            path = parts[5] if len(parts) > 5 else ""
+            name = path if path.startswith("/") else "[anon]"
+        elif parts[:1] == ["Rss:"]:
+            out[name] = out.get(name, 0) + int(parts[1]) * 1024
+    return out
+
+
+def _breakdown(before: dict[str, int], after: dict[str, int], checkpoint: str) -> dict[str, int]:
+    """Where a load's new resident bytes went: the checkpoint's own file, library code, the rest."""
+    grown = {k: after.get(k, 0) - before.get(k, 0) for k in set(before) | set(after)}
+    weights = sum(v for k, v in grown.items() if k.startswith(checkpoint))
+    code = sum(v for k, v in grown.items() if ".so" in Path(k).name)
+    return {"checkpoint_files": weights, "library_code": code,
+            "anonymous_and_other": sum(grown.values()) - weights - code}  # fmt: skip
+
+
 def probe(mode: str, path: str) -> dict[str, Any]:
-    """Load ``path`` twice in this process: the first (cold) load's time and peak RSS, then warm.
+    """Load ``path`` 1 + ``WARM_LOADS`` times in this process and measure each load's peak RSS.
 
     The libraries and the modules both load paths use are imported first, so
     the figures are the load itself; the RSS after those imports is the
     Python/torch baseline, and the peak is reset to it before loading.
+
+    The first ("cold") load also pays the libraries' one-time initialisation
+    in this process (code pages of libtorch faulted in, lazily built tables);
+    its growth is broken down by mapping. The later ("warm") loads each free
+    the previous model first; their median is the steady-state cost of a load.
     """
     import gc
     import time
@@ -65,22 +98,28 @@ def probe(mode: str, path: str) -> dict[str, Any]:
     def load() -> Any:
         return nf4.load(path) if mode == "quantize_on_load" else nf4.load_quantized(Path(path))
 
+    mapped = _rss_by_mapping()
     baseline = _status_bytes("VmRSS")
     reset = _reset_peak_rss()
     start = time.perf_counter()
     model = load()
     cold = time.perf_counter() - start
     peak = _status_bytes("VmHWM")
+    breakdown = _breakdown(mapped, _rss_by_mapping(), str(Path(path).resolve()))
+    warm_seconds, warm_over, held = [], [], [model]
     del model
-    gc.collect()
-    warm_baseline = _status_bytes("VmRSS")
-    _reset_peak_rss()
-    start = time.perf_counter()
-    load()
-    warm = time.perf_counter() - start
-    warm_peak = _status_bytes("VmHWM")
-    return {"cold_seconds": cold, "warm_seconds": warm, "baseline_rss": baseline,
-            "peak_rss": peak, "warm_over_baseline": warm_peak - warm_baseline,
+    for _ in range(WARM_LOADS):
+        held.clear()  # the previous model is freed before each warm load
+        gc.collect()
+        warm_baseline = _status_bytes("VmRSS")
+        _reset_peak_rss()
+        start = time.perf_counter()
+        held.append(load())
+        warm_seconds.append(time.perf_counter() - start)
+        warm_over.append(_status_bytes("VmHWM") - warm_baseline)
+    return {"cold_seconds": cold, "warm_seconds": statistics.median(warm_seconds),
+            "baseline_rss": baseline, "peak_rss": peak, "cold_breakdown": breakdown,
+            "warm_over_baseline": statistics.median(warm_over),
             "peak_reset": reset}  # fmt: skip
 
 
@@ -153,6 +192,10 @@ def run_bench(base: Path, workdir: Path, repeats: int) -> dict[str, Any]:
             )
             / 1e6,
             "warm_peak_over_baseline_mb": _median(runs[m], "warm_over_baseline") / 1e6,
+            "cold_growth_mb": {
+                part: statistics.median(r["cold_breakdown"][part] for r in runs[m]) / 1e6
+                for part in runs[m][0]["cold_breakdown"]
+            },
             "peak_reset": all(r["peak_reset"] for r in runs[m]),
         }
         for m in MODES
