@@ -37,6 +37,28 @@ LLAMA_CONFIG: dict[str, Any] = {
     "eos_token_id": 2,
 }
 
+# Larger random-weight shapes of the same architecture and tokenizer, for benchmarks
+# (load time and memory at a realistic size); only these keys differ from LLAMA_CONFIG.
+SHAPES: dict[str, dict[str, int]] = {
+    "embedded": {},
+    "103m": {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 8,
+             "num_attention_heads": 16, "num_key_value_heads": 16},
+    "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+           "num_attention_heads": 32, "num_key_value_heads": 8},
+}  # fmt: skip
+
+
+def shape_config(shape: str) -> dict[str, Any]:
+    """The Llama config of a :data:`SHAPES` entry.
+
+    Raises:
+        ValidationError: ``shape`` is not one of :data:`SHAPES` (the message lists them).
+    """
+    if shape not in SHAPES:
+        raise ValidationError(f"unknown base shape {shape!r}: choose one of {', '.join(SHAPES)}")
+    return {**LLAMA_CONFIG, **SHAPES[shape]}
+
+
 # A minimal chat template for {"messages": [...]} data: one special token per role.
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
@@ -77,7 +99,7 @@ def _byte_level_tokenizer() -> Any:
     return fast
 
 
-def build_base(out: Path, *, force: bool = False) -> dict[str, Any]:
+def build_base(out: Path, *, force: bool = False, shape: str = "embedded") -> dict[str, Any]:
     """Write the embedded base to ``out`` in Hugging Face format (safetensors).
 
     Deterministic: the same versions of torch and transformers give the same
@@ -86,11 +108,13 @@ def build_base(out: Path, *, force: bool = False) -> dict[str, Any]:
     Args:
         out: output directory; must be empty or absent unless ``force``.
         force: replace the contents of a non-empty ``out``.
+        shape: a :data:`SHAPES` name; larger shapes are for benchmarks only.
 
     Returns:
         ``{"path", "parameters", "sha256"}``; ``sha256`` is :func:`fingerprint`.
     """
     out = Path(out)
+    config_values = shape_config(shape)
     if out.exists() and any(out.iterdir()):
         if not force:
             raise ValidationError(
@@ -100,7 +124,7 @@ def build_base(out: Path, *, force: bool = False) -> dict[str, Any]:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**LLAMA_CONFIG)
+    config = LlamaConfig(**config_values)
     torch.manual_seed(SEED)
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.generation_config = GenerationConfig(
@@ -111,8 +135,8 @@ def build_base(out: Path, *, force: bool = False) -> dict[str, Any]:
     model.save_pretrained(tmp, safe_serialization=True)
     _byte_level_tokenizer().save_pretrained(tmp)
     (tmp / "QLORA_HUB_BASE.md").write_text(
-        "Embedded qlora-hub base: random weights (seed "
-        f"{SEED}), byte-level tokenizer. For demos and tests only.\n"
+        f"Embedded qlora-hub base, shape {shape}: random weights (seed "
+        f"{SEED}), byte-level tokenizer. For demos, tests and benchmarks only.\n"
     )
     if out.exists():
         out.rmdir()

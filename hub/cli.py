@@ -93,7 +93,10 @@ def _root(
     """qlora-hub: fine-tune, store, share, merge and serve QLoRA adapters."""
     hub = ctx.obj if isinstance(ctx.obj, Hub) else Hub(disable=[*disabled_from_env(), *disabled])
     ctx.obj = CliState(
-        hub=hub, home=Path(home or default_home()).expanduser().absolute(), config_file=config_file, verbose=verbose
+        hub=hub,
+        home=Path(home or default_home()).expanduser().absolute(),
+        config_file=config_file,
+        verbose=verbose,
     )
 
 
@@ -105,13 +108,19 @@ def _root(
     help="Output directory [default <home>/base].",
 )
 @click.option("--force", is_flag=True, help="Overwrite a non-empty output directory.")
+@click.option(
+    "--shape",
+    default="embedded",
+    show_default=True,
+    help="embedded (3.6M parameters), or 103m / 1b: larger random bases for benchmarks.",
+)
 @pass_state
-def base_init(state: CliState, out: Path | None, force: bool) -> None:
+def base_init(state: CliState, out: Path | None, force: bool, shape: str) -> None:
     """Build the embedded Llama-architecture base in Hugging Face format."""
     from hub.base import build_base
 
     out = out or state.writable_home() / "base"
-    info = build_base(out, force=force)
+    info = build_base(out, force=force, shape=shape)
     click.echo(f"wrote {info['parameters']:,} parameters to {out} (sha256 {info['sha256'][:16]})")
 
 

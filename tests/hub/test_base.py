@@ -1,10 +1,11 @@
 """The embedded base: deterministic, Hugging Face loadable, 4-bit friendly."""
 
 import json
+from pathlib import Path
 
 import pytest
 
-from hub.base import LLAMA_CONFIG, build_base, fingerprint
+from hub.base import LLAMA_CONFIG, build_base, fingerprint, shape_config
 from hub.errors import ValidationError
 
 
@@ -101,3 +102,28 @@ def test_base_init_command_writes_into_the_home(tmp_path, capsys):
     assert exc.value.code == 0
     assert out.startswith(f"wrote 3,574,016 parameters to {tmp_path / 'base'} (sha256 ")
     assert (tmp_path / "base" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(("shape", "millions"), [("103m", 103), ("1b", 974)])
+def test_benchmark_shapes_have_their_named_size(shape: str, millions: int) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    c = shape_config(shape)
+    h, i, v = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
+    kv = h // c["num_attention_heads"] * c["num_key_value_heads"]
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * i + 2 * h  # q o, k v, mlp, two norms
+    expected = c["num_hidden_layers"] * per_layer + 2 * v * h + h  # embed, head, final norm
+    with torch.device("meta"):
+        model = LlamaForCausalLM(LlamaConfig(**c))
+    assert sum(p.numel() for p in model.parameters()) == expected
+    assert expected // 10**6 == millions
+    # the bitsandbytes CPU 4-bit kernels need every linear output size a multiple of 64
+    assert all(m.out_features % 64 == 0 for m in model.modules() if hasattr(m, "out_features"))
+
+
+def test_unknown_shape_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError) as err:
+        build_base(tmp_path / "base", shape="7b")
+    assert str(err.value) == "unknown base shape '7b': choose one of embedded, 103m, 1b"
+    assert not (tmp_path / "base").exists()
