@@ -39,6 +39,24 @@ class LiveServer:
         """Authorization header of a named key (``alpha``, ``beta``, ``admin``)."""
         return {"Authorization": f"Bearer {self.keys[who]}"}
 
+    def metric(self, series: str) -> float:
+        """The value of one series in ``GET /metrics`` (name with labels, exactly); 0 if absent."""
+        import httpx
+
+        for line in httpx.get(self.url + "/metrics", timeout=30).text.splitlines():
+            name, _, value = line.rpartition(" ")
+            if name == series:
+                return float(value)
+        return 0.0
+
+    def wait_idle(self, timeout_s: float = 60.0) -> None:
+        """Wait until the engine has no decoding row and no waiting request (per /metrics)."""
+        deadline = time.monotonic() + timeout_s
+        while self.metric("qlora_hub_active_rows") or self.metric("qlora_hub_queue_depth"):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"engine still busy after {timeout_s} s")
+            time.sleep(0.02)
+
 
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
@@ -131,5 +149,40 @@ def live_server(serve_home: dict[str, Any], embedded_base: Path):
         url, serve_home["keys"], state, serve_home["store"], serve_home["home"], hub, server, thread
     )
     yield live
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def vault_server(tmp_path_factory: pytest.TempPathFactory, embedded_base: Path):
+    """A server reading adapters from the `vault` backend as its own team ``server``.
+
+    Teams ``alpha`` and ``server`` have keys in one home (each trusts the other);
+    ``store`` is the vault acting as alpha (the publisher), with 4 KiB chunks so an
+    adapter spans many. Nothing is published yet: each test pushes what it needs.
+    Keys: ``alpha`` and ``admin``.
+    """
+    from hub import teams
+    from hub.config import load_settings
+    from hub.plugins import Hub
+    from hub.store import open_store
+    from server.app import build_state, create_app
+    from server.auth import KeyStore
+    from server.model import load_served_base
+
+    home = tmp_path_factory.mktemp("vault-serve-home")
+    for team in ("alpha", "server"):
+        teams.create_team(home, team, passphrase=None)
+    hub = Hub()
+    settings = load_settings(home)
+    settings.override("hub.storage", "vault")
+    publisher = open_store(hub, settings, team="alpha", chunk_size=4096)
+    served_from = open_store(hub, settings, team="server")
+    keys = KeyStore(home)
+    tokens = {"alpha": keys.create("alpha")[1], "admin": keys.create("ops", admin=True)[1]}
+    loaded = load_served_base(hub, embedded_base)
+    state = build_state(hub, settings, loaded, served_from, identity="server")
+    server, thread, url = start_uvicorn(create_app(state, hub))
+    yield LiveServer(url, tokens, state, publisher, home, hub, server, thread)
     server.should_exit = True
     thread.join(timeout=30)
