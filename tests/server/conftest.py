@@ -158,8 +158,9 @@ def vault_server(tmp_path_factory: pytest.TempPathFactory, embedded_base: Path):
     """A server reading adapters from the `vault` backend as its own team ``server``.
 
     Teams ``alpha`` and ``server`` have keys in one home (each trusts the other);
-    ``store`` is the vault acting as alpha (the publisher), with 4 KiB chunks so an
-    adapter spans many. Nothing is published yet: each test pushes what it needs.
+    ``store`` is the vault acting as alpha (the publisher). The home's config file
+    (``qlora-hub.toml``) picks the vault, 4 KiB chunks (an adapter spans many) and a
+    ``max_tokens`` cap of 64. Nothing is published yet: each test pushes what it needs.
     Keys: ``alpha`` and ``admin``.
     """
     from hub import teams
@@ -173,10 +174,12 @@ def vault_server(tmp_path_factory: pytest.TempPathFactory, embedded_base: Path):
     home = tmp_path_factory.mktemp("vault-serve-home")
     for team in ("alpha", "server"):
         teams.create_team(home, team, passphrase=None)
+    (home / "qlora-hub.toml").write_text(
+        '[hub]\nstorage = "vault"\n\n[vault]\nchunk_size = 4096\n\n[serve]\nmax_tokens_cap = 64\n'
+    )
     hub = Hub()
     settings = load_settings(home)
-    settings.override("hub.storage", "vault")
-    publisher = open_store(hub, settings, team="alpha", chunk_size=4096)
+    publisher = open_store(hub, settings, team="alpha")
     served_from = open_store(hub, settings, team="server")
     keys = KeyStore(home)
     tokens = {"alpha": keys.create("alpha")[1], "admin": keys.create("ops", admin=True)[1]}

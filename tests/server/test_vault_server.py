@@ -136,3 +136,15 @@ def test_refused_vault_adapter_stays_refused_on_every_request(
         ]
     assert statuses == [404, 404]
     assert name not in resident(vault_server)
+
+
+def test_server_settings_come_from_the_config_file(vault_server) -> None:
+    """The home's qlora-hub.toml sets ``[serve] max_tokens_cap = 64`` (default 512)."""
+    resp = httpx.post(
+        vault_server.url + "/v1/completions",
+        json={"model": "base", "prompt": "ab:", "max_tokens": 65},
+        headers=vault_server.headers("alpha"),
+        timeout=60,
+    )
+    assert resp.status_code == 400
+    assert resp.json()["error"]["message"] == "max_tokens 65 is above this server's cap of 64"
