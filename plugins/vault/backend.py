@@ -28,6 +28,7 @@ from hub.types import AdapterPayload, AdapterRecord, AdapterRef
 from plugins.vault import objects, sharing
 from plugins.vault.audit import AuditLog
 from plugins.vault.blobs import open_blobs
+from plugins.vault.decrypt import decrypt_files
 from plugins.vault.index import Index
 from plugins.vault.names import check_name, collision_key
 from plugins.vault.validation import check_adapter, run_policy_hooks
@@ -187,12 +188,7 @@ class Vault:
         key_ = self._key(oid, "payload")
         # Stores that can map a blob avoid reading it into a second buffer.
         blob = self.blobs.view(key_) if hasattr(self.blobs, "view") else self.blobs.get(key_)
-        entries = manifest["files"]
-        digests = objects.FileDigests(entries)
-        plain = objects.decrypt_payload(
-            blob, key, bytes.fromhex(oid), row["version"], on_chunk=digests.feed
-        )
-        return objects.split_files(plain, entries, digests.hexdigests())
+        return decrypt_files(blob, key, bytes.fromhex(oid), row["version"], manifest["files"])
 
     # -- the StorageBackend protocol -----------------------------------------------------
     def push(

@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +71,8 @@ class PayloadHeader:
         return cls(oid, version, chunk_size, chunks, length)
 
 
-def _aad(header: bytes, index: int, last: bool) -> bytes:
+def chunk_aad(header: bytes, index: int, last: bool) -> bytes:
+    """Associated data of chunk ``index``: header, index and last-chunk flag."""
     return header + struct.pack(">QB", index, 1 if last else 0)
 
 
@@ -104,29 +104,24 @@ def encrypt_payload(
         nonce = os.urandom(NONCE)
         dst[pos : pos + NONCE] = nonce
         pos += NONCE
-        aad = _aad(header, i, i == chunks - 1)
+        aad = chunk_aad(header, i, i == chunks - 1)
         pos += aes.encrypt_into(nonce, view[src : src + size], aad, dst[pos : pos + size + TAG])
         src += size
     return out
 
 
-def decrypt_payload(
-    blob: bytes,
-    key: bytes,
-    object_id: bytes,
-    version: int,
-    on_chunk: Callable[[int, memoryview], None] | None = None,
-) -> bytearray:
-    """Authenticate and decrypt every chunk; raises IntegrityError on any mismatch.
+def check_layout(
+    blob: bytes | memoryview, object_id: bytes, version: int
+) -> tuple[PayloadHeader, list[int], bytes]:
+    """Parse the header and check the blob's length against it, before any decryption.
 
-    The layout (chunk count and sizes) comes from the header, and the header is
-    in every chunk's associated data, so a wrong header fails too. On failure
-    the partly filled buffer is dropped, never returned. ``on_chunk(offset,
-    plaintext)`` sees each authenticated chunk (used to hash while decrypting).
+    Returns (header, chunk plaintext sizes, header bytes). The header is in
+    every chunk's associated data, so a header that passes here but was
+    altered still fails at the first chunk.
+
+    Raises:
+        IntegrityError: wrong object or version, or chunks truncated, dropped or added.
     """
-    from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
     head = PayloadHeader.unpack(blob)
     if head.object_id != object_id or head.version != version:
         raise IntegrityError("payload belongs to another object or version: blobs were swapped")
@@ -135,7 +130,22 @@ def decrypt_payload(
         raise IntegrityError(
             "payload length does not match its header: chunks were truncated, dropped or added"
         )
-    header = bytes(blob[: _HEADER.size])
+    return head, sizes, bytes(blob[: _HEADER.size])
+
+
+def decrypt_payload(
+    blob: bytes | memoryview, key: bytes, object_id: bytes, version: int
+) -> bytearray:
+    """Authenticate and decrypt every chunk into one buffer; raises IntegrityError on any mismatch.
+
+    The plain reference for the format. Pulls use
+    :func:`plugins.vault.decrypt.decrypt_files`, which does the same into
+    per-file buffers and checks file hashes; a test checks that they agree.
+    """
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    head, sizes, header = check_layout(blob, object_id, version)
     view = memoryview(blob)
     aes = AESGCM(key)
     out = bytearray(head.length)
@@ -145,14 +155,14 @@ def decrypt_payload(
         nonce = view[pos : pos + NONCE]
         body = view[pos + NONCE : pos + NONCE + size + TAG]
         try:
-            aes.decrypt_into(nonce, body, _aad(header, i, i == len(sizes) - 1), dst[at : at + size])
+            aes.decrypt_into(
+                nonce, body, chunk_aad(header, i, i == len(sizes) - 1), dst[at : at + size]
+            )
         except InvalidTag:
             raise IntegrityError(
                 f"payload chunk {i} failed authentication: the object was altered or "
                 "its chunks reordered"
             ) from None
-        if on_chunk is not None:
-            on_chunk(at, dst[at : at + size])
         pos += NONCE + size + TAG
         at += size
     return out
@@ -240,51 +250,3 @@ def file_entries(files: dict[str, bytes]) -> list[dict[str, Any]]:
         {"name": n, "size": len(files[n]), "sha256": hashlib.sha256(files[n]).hexdigest()}
         for n in sorted(files)
     ]
-
-
-class FileDigests:
-    """SHA-256 of each manifest file, fed one decrypted chunk at a time.
-
-    Hashing each chunk right after it is decrypted reads it while it is
-    still in cache (a helper thread was tried: no gain on a busy 2-core box).
-    """
-
-    def __init__(self, entries: list[dict[str, Any]]) -> None:
-        self._spans, pos = [], 0
-        for e in entries:
-            self._spans.append((pos, pos + e["size"], hashlib.sha256()))
-            pos += e["size"]
-
-    def feed(self, offset: int, chunk: memoryview) -> None:
-        """Hash ``chunk`` (plaintext at ``offset``); chunks arrive in order."""
-        end = offset + len(chunk)
-        for start, stop, h in self._spans:
-            lo, hi = max(start, offset), min(stop, end)
-            if lo < hi:
-                h.update(chunk[lo - offset : hi - offset])
-
-    def hexdigests(self) -> list[str]:
-        """Digests in manifest order."""
-        return [h.hexdigest() for _, _, h in self._spans]
-
-
-def split_files(
-    plaintext: bytearray, entries: list[dict[str, Any]], digests: list[str] | None = None
-) -> dict[str, bytes]:
-    """Cut the decrypted payload into files, checking every size and SHA-256.
-
-    ``digests`` are precomputed SHA-256 hex digests (from :class:`FileDigests`);
-    without them each file is hashed here.
-    """
-    view = memoryview(plaintext)
-    if len(view) != sum(e["size"] for e in entries):
-        raise IntegrityError("decrypted payload length does not match the signed manifest")
-    files, pos = {}, 0
-    for i, e in enumerate(entries):
-        part = view[pos : pos + e["size"]]
-        digest = digests[i] if digests is not None else hashlib.sha256(part).hexdigest()
-        if digest != e["sha256"]:
-            raise IntegrityError(f"file {e['name']} does not match its signed SHA-256")
-        files[e["name"]] = bytes(part)
-        pos += e["size"]
-    return files

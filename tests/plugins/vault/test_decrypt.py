@@ -1,0 +1,70 @@
+"""Pull's pipelined decryption gives exactly the reference result, or the same refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+
+import pytest
+
+from hub.errors import IntegrityError
+from plugins.vault import decrypt, objects
+
+KEY = bytes(range(32))
+OID = bytes(16)
+CHUNK = 1024
+# Sizes chosen so chunks straddle file boundaries, one chunk holds three files,
+# and an empty file sits between two others.
+FILES = {"a.json": os.urandom(100), "b.bin": os.urandom(3000), "c": b"", "d.bin": os.urandom(2500)}
+
+
+def _payload(files: dict[str, bytes]) -> tuple[bytearray, list[dict]]:
+    order = sorted(files)
+    blob = objects.encrypt_payload(b"".join(files[n] for n in order), KEY, OID, 1, CHUNK)
+    return blob, objects.file_entries(files)
+
+
+@pytest.fixture(params=["inline", "hash thread"])
+def mode(request, monkeypatch):
+    """Run each test with hashing inline and on the helper thread."""
+    if request.param == "hash thread":
+        monkeypatch.setattr(decrypt, "HASH_THREAD_MIN_BYTES", 1)
+    return request.param
+
+
+def test_files_match_the_reference_decryption(mode):
+    blob, entries = _payload(FILES)
+    got = decrypt.decrypt_files(blob, KEY, OID, 1, entries)
+    plain = bytes(objects.decrypt_payload(blob, KEY, OID, 1))
+    assert got == FILES
+    assert b"".join(got[e["name"]] for e in entries) == plain
+    assert all(type(v) is bytes for v in got.values())
+
+
+def test_empty_payload_decrypts_to_empty_files(mode):
+    blob, entries = _payload({"x": b""})
+    assert decrypt.decrypt_files(blob, KEY, OID, 1, entries) == {"x": b""}
+
+
+def test_file_not_matching_its_signed_hash_is_refused(mode):
+    blob, entries = _payload(FILES)
+    entries[3]["sha256"] = hashlib.sha256(b"other").hexdigest()
+    with pytest.raises(IntegrityError, match="file d.bin does not match its signed SHA-256"):
+        decrypt.decrypt_files(blob, KEY, OID, 1, entries)
+
+
+def test_altered_chunk_is_refused_and_the_hash_thread_ends(mode):
+    blob, entries = _payload(FILES)
+    blob[objects._HEADER.size + 2 * (CHUNK + objects.NONCE + objects.TAG) + 40] ^= 1
+    before = threading.active_count()
+    with pytest.raises(IntegrityError, match="payload chunk 2 failed authentication"):
+        decrypt.decrypt_files(blob, KEY, OID, 1, entries)
+    assert threading.active_count() == before
+
+
+def test_manifest_sizes_not_matching_the_header_are_refused(mode):
+    blob, entries = _payload(FILES)
+    entries[0]["size"] += 1
+    with pytest.raises(IntegrityError, match="payload length does not match the signed manifest"):
+        decrypt.decrypt_files(blob, KEY, OID, 1, entries)
