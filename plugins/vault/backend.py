@@ -22,7 +22,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hub.errors import AccessError, ConfigError, IntegrityError, UnknownNameError, ValidationError
+from hub.errors import (
+    AccessError,
+    ConfigError,
+    HubError,
+    IntegrityError,
+    UnknownNameError,
+    ValidationError,
+)
 from hub.teams import Identity, PublicIdentity, check_team_name, load_identity, trusted
 from hub.types import AdapterPayload, AdapterRecord, AdapterRef
 from plugins.vault import objects, sharing
@@ -316,10 +323,19 @@ class Vault:
         with self.index.read() as db:
             row = self._resolve(db, ref, team)
         manifest, key = self._open(row, team)
-        files = self._decrypt(row, manifest, key)
         resolved = AdapterRef(row["name"], row["version"])
-        with self.index.write() as db:
-            self.audit.append(db, "pull", team, str(resolved), row["manifest_sha256"], where=where)
+        # The entry records the data key's release to `team`; it is made durable while
+        # the payload decrypts, and no byte is returned before it is committed.
+        digest = row["manifest_sha256"]
+        entry = self.audit.record_in_background("pull", team, str(resolved), digest, where=where)
+        try:
+            files = self._decrypt(row, manifest, key)
+        except BaseException as exc:
+            entry.wait()
+            if isinstance(exc, HubError):  # a tampered payload leaves a trace too
+                self.audit.record("pull-refused", team, str(resolved), digest, error=str(exc))
+            raise
+        entry.wait()
         if self.hub is not None:
             self.hub.pm.hook.adapter_loaded(ref=resolved, team=team, where=where)
         return AdapterPayload(row["name"], files, row["version"], manifest)

@@ -79,3 +79,23 @@ def test_rehashed_forgery_is_detected_by_the_index_head(logged):
     )
     with pytest.raises(IntegrityError, match="rewritten"):
         logged.audit.verify()
+
+
+def test_pull_of_a_tampered_payload_is_recorded_as_refused(vault):
+    ref = vault.push(sample_adapter("upper"))
+    with vault.index.read() as db:
+        oid = vault.index.version_row(db, "upper", 1)["object_id"]
+    key = f"objects/{oid}/payload"
+    blob = bytearray(vault.blobs.get(key))
+    blob[-1] ^= 1
+    vault.blobs.put(key, bytes(blob))
+    with pytest.raises(IntegrityError):
+        vault.pull(ref)
+    entries = vault.audit.entries()
+    assert [(e["action"], e["ref"]) for e in entries] == [
+        ("push", "upper@1"),
+        ("pull", "upper@1"),  # the data key was released ...
+        ("pull-refused", "upper@1"),  # ... but no byte was returned
+    ]
+    assert entries[2]["error"].startswith("payload chunk ")
+    assert vault.audit.verify() == 3
