@@ -153,6 +153,19 @@ def test_rekeyed_publisher_is_a_distinct_error(world, tmp_path):
         Vault(root, home=homes["beta"], team="beta").pull(ref)
 
 
+def test_replaced_trust_entry_is_used_by_an_open_vault(world, tmp_path):
+    root, homes, v = world
+    ref = v["alpha"].push(sample_adapter("upper"))
+    v["alpha"].share(ref, with_team="beta")
+    reader = Vault(root, home=homes["beta"], team="beta")
+    assert reader.pull(ref).files == sample_adapter("upper").files  # alpha's key now parsed
+    stale = tmp_path / "stale-alpha"
+    teams.create_team(stale, "alpha", passphrase=None)
+    (homes["beta"] / "trust" / "alpha.json").write_bytes(teams.export_public(stale, "alpha"))
+    with pytest.raises(AccessError, match="signed by another key of team 'alpha'"):
+        reader.pull(ref)
+
+
 def test_revoking_a_team_never_given_access_is_refused(world):
     _, _, v = world
     v["alpha"].push(sample_adapter("upper"))
