@@ -12,8 +12,5 @@ def test_bench_reports_every_ratio_for_each_size():
     for key in ("raw_decrypt_mb_s", "pull_mb_s", "sha256_mb_s", "decrypt_sha256_mb_s"):
         assert row[key] > 0
     assert 0 < row["pull_vs_raw_ceiling"] <= 1.0
-    assert (
-        row["pull_vs_raw"] == round(row["pull_mb_s"] / row["raw_decrypt_mb_s"], 3)
-        or abs(row["pull_vs_raw"] - row["pull_mb_s"] / row["raw_decrypt_mb_s"]) < 0.01
-    )
+    assert abs(row["pull_vs_raw"] - row["pull_mb_s"] / row["raw_decrypt_mb_s"]) < 0.01
     assert result["target_met"] is (row["pull_vs_raw"] >= 0.7)
