@@ -30,7 +30,7 @@ from hub.errors import (
     UnknownNameError,
     ValidationError,
 )
-from hub.teams import Identity, PublicIdentity, check_team_name, load_identity, trusted
+from hub.teams import Identity, PublicIdentity, check_team_name, load_identity
 from hub.types import AdapterPayload, AdapterRecord, AdapterRef
 from plugins.vault import objects, sharing
 from plugins.vault.audit import AuditLog
@@ -38,6 +38,7 @@ from plugins.vault.blobs import open_blobs
 from plugins.vault.decrypt import decrypt_files
 from plugins.vault.index import Index
 from plugins.vault.names import check_name, collision_key
+from plugins.vault.trust_cache import TrustCache
 from plugins.vault.validation import check_adapter, run_policy_hooks
 
 TEAM_ENV = "QLORA_HUB_TEAM"
@@ -90,7 +91,7 @@ class Vault:
         self.index = Index(self.root / "index.sqlite")
         self.audit = AuditLog(self.root / "audit.log", self.index)
         self._identities: dict[str, Identity] = {}
-        self._trust: dict[str, tuple[bytes, PublicIdentity]] = {}
+        self._trust = TrustCache(self.home)  # parsed public keys of other teams
 
     def __repr__(self) -> str:
         return f"Vault(root={str(self.root)!r}, team={self.team!r})"
@@ -111,23 +112,7 @@ class Vault:
         return self._identities[team]
 
     def _public(self, team: str, acting: Identity) -> PublicIdentity:
-        return acting.public if team == acting.team else self._trusted(team)
-
-    def _trusted(self, team: str) -> PublicIdentity:
-        """``hub.teams.trusted``, parsed only when the trust file's bytes change.
-
-        Reading the small file on every pull keeps it exact (a re-trusted key is
-        never served stale); parsing and checking the keys is what costs ~0.1 ms.
-        """
-        path = self.home / "trust" / f"{check_team_name(team)}.json"
-        try:
-            raw = path.read_bytes()
-        except OSError:
-            return trusted(self.home, team)  # raises the "not in the trust store" error
-        cached = self._trust.get(team)
-        if cached is None or cached[0] != raw:
-            cached = self._trust[team] = (raw, PublicIdentity.from_json(raw))
-        return cached[1]
+        return acting.public if team == acting.team else self._trust.get(team)
 
     # -- helpers ------------------------------------------------------------------------
     @staticmethod
@@ -180,7 +165,7 @@ class Vault:
             raise IntegrityError("manifest publisher does not match the index: object was swapped")
         # The acting team holds its own private key, so it needs no trust entry for itself.
         own = publisher == team
-        public = self.identity(team).public if own else self._trusted(publisher)
+        public = self.identity(team).public if own else self._trust.get(publisher)
         try:
             objects.verify_manifest(public, manifest, sig)
         except IntegrityError:
