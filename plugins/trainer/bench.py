@@ -81,8 +81,14 @@ def best_of(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return best
 
 
-def bench_train(base: Path | None, steps: int, batch: int, repeats: int = 3) -> dict[str, Any]:
+def bench_train(
+    base: Path | None, steps: int, batch: int, repeats: int = 3, padded_steps: int = 120
+) -> dict[str, Any]:
     """Run the four measurements ``repeats`` times, interleaved, and the two ratios.
+
+    The padded pair runs ``padded_steps`` (its rows are short, so steps are
+    cheap and more of them keep the ratio out of the noise); the
+    variable-length pair runs ``steps``.
 
     Each repeat runs all four sides in turn, so a burst of other work on the
     machine hits both sides of a ratio alike; each side keeps its fastest repeat.
@@ -94,6 +100,10 @@ def bench_train(base: Path | None, steps: int, batch: int, repeats: int = 3) -> 
 
     if repeats < 1:
         raise HubError(f"--repeats must be at least 1, got {repeats}")
+    if min(steps, padded_steps) < 1:
+        raise HubError(
+            f"--steps and --padded-steps must be at least 1, got {steps}, {padded_steps}"
+        )
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in RUNS}
     with tempfile.TemporaryDirectory() as tmp, Progress(transient=True) as progress:
         tmp_path = Path(tmp)
@@ -108,8 +118,9 @@ def bench_train(base: Path | None, steps: int, batch: int, repeats: int = 3) -> 
         for _ in range(repeats):
             for name, (side, kind, max_length, packing) in RUNS.items():
                 progress.update(task, description=name)
+                n = padded_steps if kind == "padded" else steps
                 samples[name].append(
-                    run_side(side, base, data[kind], steps, batch, max_length, packing)
+                    run_side(side, base, data[kind], n, batch, max_length, packing)
                 )
                 progress.advance(task)
     runs = {name: best_of(s) for name, s in samples.items()}
@@ -119,6 +130,7 @@ def bench_train(base: Path | None, steps: int, batch: int, repeats: int = 3) -> 
         r["useful_tokens_per_s"] = round(r["useful_tokens_per_s"], 1)
     return {
         "steps": steps,
+        "padded_steps": padded_steps,
         "batch_size": batch,
         "repeats": repeats,
         "runs": runs,
@@ -143,7 +155,12 @@ def bench_train(base: Path | None, steps: int, batch: int, repeats: int = 3) -> 
     default=None,
     help="HF model directory [default: a fresh embedded base].",
 )
-@click.option("--steps", type=int, default=30, show_default=True)
+@click.option(
+    "--steps", type=int, default=30, show_default=True, help="Steps of the variable-length pair."
+)
+@click.option(
+    "--padded-steps", type=int, default=120, show_default=True, help="Steps of the padded pair."
+)
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option(
     "--repeats",
@@ -154,10 +171,15 @@ def bench_train(base: Path | None, steps: int, batch: int, repeats: int = 3) -> 
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
 def bench_train_cmd(
-    base: Path | None, steps: int, batch_size: int, repeats: int, as_json: bool
+    base: Path | None,
+    steps: int,
+    padded_steps: int,
+    batch_size: int,
+    repeats: int,
+    as_json: bool,
 ) -> None:
     """Tokens/s and peak RSS of the hub trainer vs a plain Trainer+PEFT+bitsandbytes script."""
-    report = bench_train(base, steps, batch_size, repeats)
+    report = bench_train(base, steps, batch_size, repeats, padded_steps)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

@@ -26,7 +26,7 @@ def invoke(hub_factory, qlora_home):
 
 def test_bench_train_reports_both_ratios_from_four_real_runs(invoke, embedded_base):
     result = invoke(
-        "bench", "train", "--base", str(embedded_base), "--steps", "2", "--batch-size", "16",
+        "bench", "train", "--base", str(embedded_base), "--steps", "2", "--padded-steps", "2", "--batch-size", "16",
         "--repeats", "1", "--json",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
