@@ -34,6 +34,18 @@ class APIError(HTTPException):
         self.param = param
 
 
+class EventStream(Stream):
+    """A ``text/event-stream`` response.
+
+    Litestar 2 lets the route handler's media type (JSON for these routes) win over the
+    response's own in ``Stream.to_asgi_response``; this keeps the stream's.
+    """
+
+    def to_asgi_response(self, *args: Any, media_type: Any = None, **kwargs: Any) -> Any:
+        """Build the ASGI response with this stream's media type."""
+        return super().to_asgi_response(*args, media_type=self.media_type, **kwargs)
+
+
 def not_found(model: str) -> APIError:
     """The one answer for unknown, unshared and refused adapters alike."""
     return APIError(
@@ -137,7 +149,7 @@ async def _generate(
     reply = Reply(srv, req, events, model_name, chat, log)
     if data.stream:
         include_usage = bool(data.stream_options and data.stream_options.include_usage)
-        return Stream(
+        return EventStream(
             reply.sse(include_usage),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
@@ -282,7 +294,12 @@ class Reply:
         }
 
     async def sse(self, include_usage: bool) -> AsyncIterator[bytes]:
-        """Server-sent events: one chunk per text delta, a finish chunk, optional usage, ``[DONE]``."""
+        """Server-sent events: one chunk per text delta, a finish chunk, optional usage, ``[DONE]``.
+
+        A client that disconnects mid-stream makes Litestar cancel this generator (it listens
+        for ``http.disconnect`` while streaming); ``finally`` then cancels the engine request.
+        """
+        finished = False
         try:
             first = True
             if self.chat:
@@ -317,8 +334,11 @@ class Reply:
                     yield _event(usage_chunk)
                 break
             yield b"data: [DONE]\n\n"
+            finished = True
         finally:
             # runs when the stream ends and when the client goes away mid-stream
+            if not finished:
+                self.log["cancelled"] = True
             self.req.cancel()
 
 

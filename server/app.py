@@ -96,6 +96,7 @@ def build_state(
         max_queue=s("serve.max_queue"),
         eos_ids=eos,
         on_step=metrics.batch_rows.observe,
+        on_finish=metrics.observe_finish,
     )
     cache = AdapterCache(
         hub,

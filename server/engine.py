@@ -72,6 +72,8 @@ class Engine:
         max_queue: most requests waiting; beyond it :meth:`submit` raises :class:`QueueFullError`.
         eos_ids: token ids that end a completion.
         on_step: optional callback ``on_step(batch_rows)`` after every forward pass (metrics).
+        on_finish: optional callback ``on_finish(reason, completion_tokens)`` when a request
+            leaves (``stop``, ``length``, ``cancelled``, ``timeout`` or ``error``; metrics).
     """
 
     def __init__(
@@ -84,11 +86,13 @@ class Engine:
         max_queue: int = 256,
         eos_ids: set[int] | None = None,
         on_step: Callable[[int], None] | None = None,
+        on_finish: Callable[[str, int], None] | None = None,
     ) -> None:
         self.model, self.tokenizer, self.bank = model, tokenizer, bank
         self.max_batch, self.max_queue = max_batch, max_queue
         self.eos_ids = eos_ids if eos_ids is not None else {tokenizer.eos_token_id}
         self.on_step = on_step
+        self.on_finish = on_finish or (lambda reason, tokens: None)
         self.pad_id = tokenizer.pad_token_id or 0
         self._pending: collections.deque[GenRequest] = collections.deque()
         self._cond = threading.Condition()
@@ -356,7 +360,9 @@ class Engine:
         else:
             req.on_event(("done", reason, usage))
         req.release()
+        self.on_finish(reason, len(req.generated))
 
     def _finish_error(self, req: GenRequest, message: str) -> None:
         req.on_event(("error", message, None))
         req.release()
+        self.on_finish("error", len(req.generated))

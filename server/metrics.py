@@ -41,6 +41,18 @@ class ServerMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=r,
         )
+        self.finished = Counter(
+            "qlora_hub_finished_requests",
+            "Generation requests by how they ended (stop, length, cancelled, timeout, error)",
+            ["reason"],
+            registry=r,
+        )
+        self.generated = Counter(
+            "qlora_hub_generated_tokens",
+            "Tokens the engine generated, by how their request ended",
+            ["reason"],
+            registry=r,
+        )
         self.adapter_events = Counter(
             "qlora_hub_adapter_events",
             "Adapter loads, evictions and refusals",
@@ -70,6 +82,11 @@ class ServerMetrics:
         self.active_rows.set_function(active_rows)
         self.resident.set_function(resident)
         self.resident_bytes.set_function(resident_bytes)
+
+    def observe_finish(self, reason: str, completion_tokens: int) -> None:
+        """Count a request that left the engine and the tokens it generated (engine thread)."""
+        self.finished.labels(reason).inc()
+        self.generated.labels(reason).inc(completion_tokens)
 
     def render(self) -> bytes:
         """The text exposition format."""
