@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 
 import httpx
 import pytest
@@ -91,3 +92,45 @@ def _evictions(live_server) -> float:
         if ln.startswith('qlora_hub_adapter_events_total{event="evict"}')
     ]
     return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def test_request_arriving_mid_decode_joins_the_running_batch(live_server) -> None:
+    """A short request sent while a long one decodes finishes first, in shared forward passes.
+
+    Without continuous batching the short request would wait for the long one's 480 tokens:
+    it could only finish after the long one, with no forward pass of 2 rows.
+    """
+    live_server.wait_idle()
+    rows_1 = 'qlora_hub_batch_rows_bucket{le="1.0"}'
+    steps_before = live_server.metric("qlora_hub_batch_rows_count")
+    single_before = live_server.metric(rows_1)
+    long_body = {
+        "model": "base",
+        "prompt": "go:",
+        "max_tokens": 480,
+        "temperature": 0,
+        "stream": True,
+    }
+    with httpx.stream(
+        "POST",
+        live_server.url + "/v1/completions",
+        json=long_body,
+        headers=live_server.headers("alpha"),
+        timeout=300,
+    ) as long:
+        lines = (line for line in long.iter_lines() if line)
+        first = next(lines)  # the long request is decoding now
+        short = complete(live_server, "r0", "apple", max_tokens=2)
+        still_decoding = live_server.metric("qlora_hub_active_rows")
+        rest = list(lines)
+    final = json.loads(rest[-2].removeprefix("data: "))
+    multi_row_steps = (live_server.metric("qlora_hub_batch_rows_count") - steps_before) - (
+        live_server.metric(rows_1) - single_before
+    )
+
+    assert first.startswith("data: ")
+    assert short.status_code == 200 and short.json()["usage"]["completion_tokens"] == 2
+    assert still_decoding == 1  # the short one finished while the long one still ran
+    assert final["choices"][0]["finish_reason"] == "length"
+    assert final["usage"]["completion_tokens"] == 480
+    assert multi_row_steps >= 1
