@@ -83,6 +83,34 @@ def start_uvicorn(app: Any) -> tuple[Any, threading.Thread, str]:
     return server, thread, f"http://127.0.0.1:{port}"
 
 
+@pytest.fixture
+def access_log(caplog: pytest.LogCaptureFixture):
+    """``access_log(request_id)``: the server's access-log lines (dicts) for that request id.
+
+    The middleware writes a line after the last byte of the response went out, so a client
+    can hold the whole response a moment before the line exists: this waits for it (30 s).
+    """
+    import json
+    import logging
+
+    caplog.set_level(logging.INFO, logger="qlora_hub.server.access")
+
+    def lines_of(request_id: str) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + 30
+        while True:
+            records = [
+                json.loads(r.getMessage())
+                for r in list(caplog.records)
+                if r.name == "qlora_hub.server.access"
+            ]
+            mine = [r for r in records if r["request_id"] == request_id]
+            if mine or time.monotonic() > deadline:
+                return mine
+            time.sleep(0.02)
+
+    return lines_of
+
+
 @pytest.fixture(scope="session")
 def serve_home(
     tmp_path_factory: pytest.TempPathFactory, embedded_base: Path, trained_adapters: dict[str, Path]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import logging
-
 import httpx
 
 
@@ -39,8 +36,7 @@ def test_metrics_exposes_prometheus_series(live_server) -> None:
     assert 'qlora_hub_tokens_total{kind="completion"}' in resp.text
 
 
-def test_access_log_has_request_id_and_no_prompt_or_key(live_server, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="qlora_hub.server.access")
+def test_access_log_has_request_id_and_no_prompt_or_key(live_server, access_log, caplog) -> None:
     resp = httpx.post(
         live_server.url + "/v1/completions",
         json={"model": "base", "prompt": "secret-prompt-text", "max_tokens": 2},
@@ -48,10 +44,7 @@ def test_access_log_has_request_id_and_no_prompt_or_key(live_server, caplog) -> 
         timeout=60,
     )
     assert resp.headers["x-request-id"] == "req-42"
-    lines = [
-        json.loads(r.getMessage()) for r in caplog.records if r.name == "qlora_hub.server.access"
-    ]
-    mine = [rec for rec in lines if rec["request_id"] == "req-42"]
+    mine = access_log("req-42")
     assert (
         mine[0]["status"] == 200
         and mine[0]["team"] == "alpha"
@@ -85,3 +78,29 @@ def test_register_routes_handlers_are_mounted(serve_home, embedded_base) -> None
     )
     with TestClient(create_app(state, hub)) as client:
         assert client.get("/plugin/hello").json() == {"hello": "from a plugin"}
+
+
+def test_ready_is_503_until_the_engine_runs_and_again_after_it_stops(
+    serve_home, embedded_base
+) -> None:
+    """``qlora-hub serve`` binds its port only after the base is loaded; /ready then follows
+    the engine: 503 before the app's startup ran, 200 while it runs, 503 once shut down."""
+    from litestar.testing import TestClient
+
+    from hub.plugins import Hub
+    from server.app import build_state, create_app
+    from server.model import load_served_base
+
+    hub = Hub()
+    state = build_state(
+        hub, serve_home["settings"], load_served_base(hub, embedded_base), serve_home["store"]
+    )
+    app = create_app(state, hub)
+    outside = TestClient(app)  # used outside `with`: the startup hooks have not run
+    before = outside.get("/ready")
+    with TestClient(app) as running:
+        during = running.get("/ready")
+    after = outside.get("/ready")
+    assert (before.status_code, before.json()) == (503, {"ready": False})
+    assert (during.status_code, during.json()) == (200, {"ready": True})
+    assert (after.status_code, after.json()) == (503, {"ready": False})
