@@ -148,3 +148,17 @@ def test_server_settings_come_from_the_config_file(vault_server) -> None:
     )
     assert resp.status_code == 400
     assert resp.json()["error"]["message"] == "max_tokens 65 is above this server's cap of 64"
+
+
+def test_adapter_served_from_the_vault_is_never_written_to_disk_in_plaintext(
+    vault_server, embedded_base
+) -> None:
+    """The server decrypts in memory: no file under the home holds the adapter's weights."""
+    payload = random_lora_payload(embedded_base, "in-memory", seed=35, r=8)
+    weights = payload.files[payload.WEIGHTS]
+    vault_server.store.push(payload, share_with=["server"])
+    assert complete(vault_server, "in-memory").status_code == 200
+    assert "in-memory" in resident(vault_server)
+    probe = weights[len(weights) // 2 : len(weights) // 2 + 64]  # tensor bytes, not the header
+    files = [p for p in vault_server.home.rglob("*") if p.is_file()]
+    assert files and not [p for p in files if probe in p.read_bytes()]
