@@ -51,13 +51,15 @@ def bench_adapter(name: str, size_mb: int, *, r: int = 16, hidden: int = 4096) -
     )
 
 
-def _best(fn, repeats: int) -> float:
-    times = []
+def _interleaved(fns: dict[str, Any], repeats: int) -> dict[str, float]:
+    """Best time of each function over ``repeats`` rounds, each round running all of them."""
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
 
 
 def run_bench(sizes: list[int], repeats: int = 3, latency_runs: int = 5) -> dict[str, Any]:
@@ -86,19 +88,32 @@ def run_bench(sizes: list[int], repeats: int = 3, latency_runs: int = 5) -> dict
             nbytes = len(plain)
             aes, nonce = AESGCM(AESGCM.generate_key(bit_length=256)), os.urandom(12)
             ct = aes.encrypt(nonce, plain, None)
-            reps = repeats if size < 100 else max(1, repeats - 1)
-            raw_enc = _best(lambda a=aes, p=plain, n=nonce: a.encrypt(n, p, None), reps)
-            raw_dec = _best(lambda a=aes, c=ct, n=nonce: a.decrypt(n, c, None), reps)
-            # SHA-256 alone reads every byte: with perfect overlap on two cores a pull
-            # still takes at least max(raw decrypt, SHA-256), so pull/raw <= sha/raw.
-            sha = _best(lambda p=plain: hashlib.sha256(p).digest(), reps)
-            # The work every pull must do at minimum, one after the other: decrypt, then SHA-256.
-            floor = _best(
-                lambda a=aes, c=ct, n=nonce: hashlib.sha256(a.decrypt(n, c, None)).digest(), reps
-            )
             refs: list[Any] = []
-            push = _best(lambda a=adapter, out=refs: out.append(vault.push(a)), reps)
-            pull = _best(lambda out=refs: vault.pull(out[-1]), reps)
+            # Each baseline runs right next to the vault operation it is compared with,
+            # round after round, so a load change on a shared machine hits both alike.
+            best = _interleaved(
+                {
+                    "raw_enc": lambda a=aes, p=plain, n=nonce: a.encrypt(n, p, None),
+                    "push": lambda a=adapter, out=refs: out.append(vault.push(a)),
+                },
+                repeats,
+            )
+            best |= _interleaved(
+                {
+                    "raw_dec": lambda a=aes, c=ct, n=nonce: a.decrypt(n, c, None),
+                    "pull": lambda out=refs: vault.pull(out[-1]),
+                    # SHA-256 alone reads every byte: even with perfect overlap on two
+                    # cores a pull takes at least max(raw decrypt, SHA-256).
+                    "sha": lambda p=plain: hashlib.sha256(p).digest(),
+                    # The least a pull must do, one step after the other.
+                    "floor": lambda a=aes, c=ct, n=nonce: hashlib.sha256(
+                        a.decrypt(n, c, None)
+                    ).digest(),
+                },
+                repeats,
+            )
+            raw_enc, push, raw_dec, pull = (best[k] for k in ("raw_enc", "push", "raw_dec", "pull"))
+            sha, floor = best["sha"], best["floor"]
             got = vault.pull(refs[-1])
             assert got.files == adapter.files  # the benchmark checks its own output
             mbs = lambda secs, n=nbytes: round(n / MB / secs, 1)  # noqa: E731
