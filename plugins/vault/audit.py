@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import sqlite3
-import threading
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 from hub.errors import IntegrityError
 from plugins.vault.index import Index
 from plugins.vault.objects import canonical
+from plugins.vault.workers import in_background
 
 GENESIS = "0" * 64
 
@@ -89,12 +90,12 @@ class AuditLog:
 
     def record_in_background(
         self, action: str, actor: str, ref: str, object_sha256: str, **extra: Any
-    ) -> PendingEntry:
-        """Start :meth:`record` on a thread; ``wait()`` on the result before relying on it.
+    ) -> Future[None]:
+        """Start :meth:`record` on a helper thread; ``result()`` waits and re-raises.
 
         A pull uses this to make its entry durable (two fsyncs) while it decrypts.
         """
-        return PendingEntry(lambda: self.record(action, actor, ref, object_sha256, **extra))
+        return in_background(self.record, action, actor, ref, object_sha256, **extra)
 
     def entries(self) -> list[dict[str, Any]]:
         """Every committed entry, parsed (no verification)."""
@@ -140,25 +141,3 @@ class AuditLog:
                 "entries were deleted or rewritten"
             )
         return seq
-
-
-class PendingEntry:
-    """An audit entry being made durable on a helper thread."""
-
-    def __init__(self, write: Any) -> None:
-        self._error: BaseException | None = None
-
-        def run() -> None:
-            try:
-                write()
-            except BaseException as exc:  # re-raised in the caller's thread by wait()
-                self._error = exc
-
-        self._thread = threading.Thread(target=run, name="vault-audit", daemon=True)
-        self._thread.start()
-
-    def wait(self) -> None:
-        """Block until the entry is committed; re-raise whatever stopped it."""
-        self._thread.join()
-        if self._error is not None:
-            raise self._error

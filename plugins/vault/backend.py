@@ -333,11 +333,11 @@ class Vault:
         try:
             files = self._decrypt(row, manifest, key)
         except BaseException as exc:
-            entry.wait()
+            entry.result()
             if isinstance(exc, HubError):  # a tampered payload leaves a trace too
                 self.audit.record("pull-refused", team, str(resolved), digest, error=str(exc))
             raise
-        entry.wait()
+        entry.result()
         if self.hub is not None:
             self.hub.pm.hook.adapter_loaded(ref=resolved, team=team, where=where)
         return AdapterPayload(row["name"], files, row["version"], manifest)

@@ -26,39 +26,41 @@ from __future__ import annotations
 import hashlib
 import io
 import queue
-import threading
+from concurrent.futures import Future
 from typing import Any
 
 from hub.errors import IntegrityError
 from plugins.vault.objects import NONCE, TAG, check_layout, chunk_aad
+from plugins.vault.workers import in_background
 
 HASH_THREAD_MIN_BYTES = 4 << 20
 """Payloads at least this large hash on a second thread (below it a thread costs more than it saves)."""
 
 
 class _Hasher:
-    """SHA-256 of each file, fed (file index, view) pieces in order, inline or on a thread."""
+    """SHA-256 of each file, fed (file index, view) pieces in order, inline or on a helper thread."""
 
     def __init__(self, count: int, threaded: bool) -> None:
         self.hashes = [hashlib.sha256() for _ in range(count)]
         self._queue: queue.SimpleQueue[tuple[int, memoryview] | None] | None = None
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._done: Future[None] | None = None
         if threaded:
             self._queue = queue.SimpleQueue()
-            self._thread = threading.Thread(target=self._run, name="vault-sha256", daemon=True)
-            self._thread.start()
+            self._done = in_background(self._run, self._queue)
 
-    def _run(self) -> None:
-        assert self._queue is not None
-        while (item := self._queue.get()) is not None:
+    def _run(self, pieces: queue.SimpleQueue[tuple[int, memoryview] | None]) -> None:
+        error: BaseException | None = None
+        while (item := pieces.get()) is not None:
             index, piece = item
             try:
-                self.hashes[index].update(piece)
-            except BaseException as exc:  # reported by finish(); keep draining
-                self._error = exc
+                if error is None:
+                    self.hashes[index].update(piece)
+            except BaseException as exc:  # keep draining so every view is released
+                error = exc
             finally:
                 piece.release()
+        if error is not None:
+            raise error
 
     def feed(self, index: int, piece: memoryview) -> None:
         """Hash ``piece`` as the next bytes of file ``index``."""
@@ -70,12 +72,10 @@ class _Hasher:
 
     def finish(self) -> list[str]:
         """Wait for every queued piece; the hex digests in file order."""
-        if self._thread is not None:
+        if self._done is not None:
             assert self._queue is not None
             self._queue.put(None)
-            self._thread.join()
-            if self._error is not None:
-                raise self._error
+            self._done.result()
         return [h.hexdigest() for h in self.hashes]
 
 
