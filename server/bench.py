@@ -41,13 +41,14 @@ async def _drive(
     latencies: list[float] = []
     ttfts: list[float] = []
     tokens = 0
+    chunks = 0  # SSE events carrying text: the server's per-token work over HTTP
     failures = 0
     jobs = asyncio.Queue()
     for i in range(n):
         jobs.put_nowait(i)
 
     async def client(http: httpx.AsyncClient) -> None:
-        nonlocal tokens, failures
+        nonlocal tokens, chunks, failures
         while not jobs.empty():
             i = jobs.get_nowait()
             body = {
@@ -69,8 +70,9 @@ async def _drive(
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
                     chunk = json.loads(line[6:])
-                    if first is None and chunk.get("choices") and chunk["choices"][0].get("text"):
-                        first = time.perf_counter()
+                    if chunk.get("choices") and chunk["choices"][0].get("text"):
+                        chunks += 1
+                        first = first or time.perf_counter()
                     if chunk.get("usage") and not chunk.get("choices"):
                         tokens += chunk["usage"]["completion_tokens"]
             end = time.perf_counter()
@@ -86,6 +88,7 @@ async def _drive(
         "requests": n,
         "failures": failures,
         "completion_tokens": tokens,
+        "text_chunks": chunks,
         "wall_s": round(wall, 3),
         "tokens_per_s": round(tokens / wall, 1),
         "latency_p50_ms": round(_percentile(latencies, 0.5) * 1000, 1),

@@ -42,6 +42,8 @@ def test_bench_serve_json_reports_every_scenario_without_failures(embedded_base,
     for scenario in ("mixed8", "single1", "naive8"):
         assert result[scenario]["requests"] == 8
         assert result[scenario]["failures"] == 0
+        # every streamed text chunk carries at least one token, so never more chunks than tokens
+        assert 0 < result[scenario]["text_chunks"] <= result[scenario]["completion_tokens"]
     assert result["storage"] == "vault"
     assert result["cold_load_ms"]["n"] == 8
     assert result["ratio_mixed8_vs_naive8"] > 0 and result["ratio_mixed8_vs_single1"] > 0
