@@ -23,6 +23,15 @@ _pool: ThreadPoolExecutor | None = None
 _pid = 0
 
 
+def _after_fork_in_child() -> None:
+    # The parent's threads (and a lock one of them may hold) do not exist here.
+    global _lock, _pool
+    _lock, _pool = threading.Lock(), None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def in_background(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
     """Run ``fn(*args, **kwargs)`` on a vault helper thread; ``result()`` re-raises its error."""
     global _pool, _pid

@@ -106,3 +106,23 @@ def test_interrupted_pushes_leave_only_unlisted_orphans(home):
         known = {row[0] for row in db.execute("SELECT object_id FROM versions")}
     assert not set(vault.orphans()) & known
     assert len(listed) == len(known)
+
+
+def _pull_in_child(vault, ref, out):
+    got = vault.pull(ref)
+    out.put(got.files == sample_adapter("big", 7, r=64, hidden=4096).files)
+
+
+def test_forked_child_pulls_with_the_helper_threads_after_its_parent(home, monkeypatch):
+    from plugins.vault import decrypt
+
+    monkeypatch.setattr(decrypt, "HASH_THREAD_MIN_BYTES", 1)  # hashing on a helper too
+    vault = Vault(home / "storage" / "vault", team="alpha")
+    ref = vault.push(sample_adapter("big", 7, r=64, hidden=4096))
+    vault.pull(ref)  # the parent's helper pool now runs
+    out = FORK.Queue()
+    child = FORK.Process(target=_pull_in_child, args=(vault, ref, out))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0 and out.get(timeout=1) is True
+    assert [e["action"] for e in vault.audit.entries()] == ["push", "pull", "pull"]
