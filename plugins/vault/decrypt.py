@@ -99,7 +99,8 @@ def decrypt_files(
 
     head, sizes, header = check_layout(blob, object_id, version)
     lengths = [e.get("size") for e in entries]
-    if any(type(n) is not int or n < 0 for n in lengths) or sum(lengths) != head.length:
+    bad = not lengths or any(type(n) is not int or n < 0 for n in lengths)
+    if bad or sum(lengths) != head.length:
         raise IntegrityError("decrypted payload length does not match the signed manifest")
     # The BytesIO holds the only reference to each fresh bytes, so getbuffer() does not copy.
     files = [io.BytesIO(bytes(n)) for n in lengths]

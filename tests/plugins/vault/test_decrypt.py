@@ -67,3 +67,9 @@ def test_manifest_sizes_not_matching_the_header_are_refused(mode):
     entries[0]["size"] += 1
     with pytest.raises(IntegrityError, match="payload length does not match the signed manifest"):
         decrypt.decrypt_files(blob, KEY, OID, 1, entries)
+
+
+def test_manifest_without_files_is_refused(mode):
+    blob, _ = _payload({"x": b""})
+    with pytest.raises(IntegrityError, match="payload length does not match the signed manifest"):
+        decrypt.decrypt_files(blob, KEY, OID, 1, [])
