@@ -62,7 +62,8 @@ class AggregatorContract(ProtocolContract):
         """Real team identities (hub.teams) for a, b, c and key holder k."""
         import base64
 
-        from hub.teams import create_team, load_identity, trusted, verify
+        from hub.identity import verify
+        from hub.teams import create_team, load_identity, trusted
 
         home = tmp_path_factory.mktemp("aggregator-contract")
         for team in (*TEAMS, "k"):

@@ -36,7 +36,8 @@ def team_signer(home: Path, team: str, *, hub: Any = None) -> Signer:
 
 def trust_store_verifier(home: Path) -> Verifier:
     """A verifier that accepts a team's signature only with the key in ``home``'s trust store."""
-    from hub.teams import trusted, verify
+    from hub.identity import verify
+    from hub.teams import trusted
 
     def check(team: str, data: bytes, signatures: Mapping[str, Any]) -> None:
         if signatures.get("team") != team:

@@ -23,7 +23,7 @@ from filelock import FileLock
 
 from hub.atomic import atomic_write
 from hub.errors import AccessError, ConfigError, IntegrityError, UnknownNameError, ValidationError
-from hub.teams import check_team_name
+from hub.identity import check_team_name
 from hub.types import AdapterPayload, AdapterRecord, AdapterRef
 from plugins.vault.names import check_name, collision_key
 from plugins.vault.validation import check_adapter, run_policy_hooks

@@ -30,7 +30,8 @@ from hub.errors import (
     UnknownNameError,
     ValidationError,
 )
-from hub.teams import Identity, PublicIdentity, check_team_name, load_identity
+from hub.identity import Identity, PublicIdentity, check_team_name
+from hub.teams import load_identity
 from hub.types import AdapterPayload, AdapterRecord, AdapterRef
 from plugins.vault import objects, sharing
 from plugins.vault.audit import AuditLog

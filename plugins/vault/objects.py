@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hub.errors import AccessError, IntegrityError
-from hub.teams import Identity, PublicIdentity, verify, wrap
+from hub.identity import Identity, PublicIdentity, verify, wrap
 
 MAGIC = b"QHVP"
 FORMAT = 1

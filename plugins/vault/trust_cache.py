@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hub.teams import PublicIdentity, check_team_name, trusted
+from hub.identity import PublicIdentity, check_team_name
+from hub.teams import trusted
 
 
 class TrustCache:

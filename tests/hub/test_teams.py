@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem, x25519
 
-from hub import hookimpl, teams
+from hub import hookimpl, identity, teams
 from hub.errors import AccessError, IntegrityError, UnknownNameError, ValidationError
 
 
@@ -54,7 +54,7 @@ def test_key_file_holds_no_plaintext_private_key(home):
 
     raw = ident._ed.private_bytes(ser.Encoding.Raw, ser.PrivateFormat.Raw, ser.NoEncryption())
     text = (home / "teams/alpha/key.json").read_bytes()
-    assert raw.hex().encode() not in text and teams._b64(raw).encode() not in text
+    assert raw.hex().encode() not in text and identity.to_b64(raw).encode() not in text
     assert json.loads(text)["protection"] == "scrypt+aes-256-gcm"
 
 
@@ -83,7 +83,7 @@ def test_unknown_team_has_no_keys(home):
 
 
 def test_key_provider_hook_supplies_keys(home, hub_factory):
-    bundle = teams._generate_bundle("vaulted", "hybrid")
+    bundle = identity.generate_bundle("vaulted", "hybrid")
 
     class Provider:
         @hookimpl
@@ -92,7 +92,7 @@ def test_key_provider_hook_supplies_keys(home, hub_factory):
 
     hub = hub_factory(Provider())
     ident = teams.load_identity(home, "vaulted", hub=hub)
-    assert ident.public == teams.Identity(bundle).public
+    assert ident.public == identity.Identity(bundle).public
 
 
 def test_identity_repr_shows_no_key_material(home):
@@ -110,41 +110,41 @@ def alpha(home):
 def test_hybrid_signature_verifies(alpha):
     sig = alpha.sign(b"payload", "manifest")
     assert len(sig) == 64 + 3309
-    teams.verify(alpha.public, b"payload", sig, "manifest")
+    identity.verify(alpha.public, b"payload", sig, "manifest")
 
 
 def test_signature_over_other_data_is_rejected(alpha):
     sig = alpha.sign(b"payload", "manifest")
     with pytest.raises(IntegrityError, match="does not verify"):
-        teams.verify(alpha.public, b"payloaD", sig, "manifest")
+        identity.verify(alpha.public, b"payloaD", sig, "manifest")
 
 
 def test_signature_for_another_context_is_rejected(alpha):
     sig = alpha.sign(b"payload", "contribution")
     with pytest.raises(IntegrityError):
-        teams.verify(alpha.public, b"payload", sig, "manifest")
+        identity.verify(alpha.public, b"payload", sig, "manifest")
 
 
 def test_ed25519_half_alone_is_rejected(alpha):
     sig = alpha.sign(b"payload", "manifest")
     with pytest.raises(IntegrityError):
-        teams.verify(alpha.public, b"payload", sig[:64], "manifest")
+        identity.verify(alpha.public, b"payload", sig[:64], "manifest")
 
 
 def test_valid_ed25519_with_forged_mldsa_half_is_rejected(alpha):
     sig = alpha.sign(b"payload", "manifest")
     forged = sig[:64] + mldsa.MLDSA65PrivateKey.generate().sign(
-        teams._message("manifest", b"payload")
+        identity._message("manifest", b"payload")
     )
     with pytest.raises(IntegrityError):
-        teams.verify(alpha.public, b"payload", forged, "manifest")
+        identity.verify(alpha.public, b"payload", forged, "manifest")
 
 
 def test_valid_mldsa_with_forged_ed25519_half_is_rejected(alpha):
     sig = alpha.sign(b"payload", "manifest")
     forged = ed25519.Ed25519PrivateKey.generate().sign(b"x") + sig[64:]
     with pytest.raises(IntegrityError):
-        teams.verify(alpha.public, b"payload", forged, "manifest")
+        identity.verify(alpha.public, b"payload", forged, "manifest")
 
 
 def test_classical_team_signs_with_ed25519_only(home):
@@ -152,7 +152,7 @@ def test_classical_team_signs_with_ed25519_only(home):
     beta = teams.load_identity(home, "beta")
     sig = beta.sign(b"m", "manifest")
     assert len(sig) == 64
-    teams.verify(beta.public, b"m", sig, "manifest")
+    identity.verify(beta.public, b"m", sig, "manifest")
 
 
 def test_mldsa65_round_trip_with_cryptography():
@@ -164,13 +164,13 @@ def test_mldsa65_round_trip_with_cryptography():
 
 # -- HPKE -------------------------------------------------------------------------------
 def test_hybrid_wrap_unwrap_round_trip(alpha):
-    blob = teams.wrap(alpha.public, b"k" * 32, b"info")
+    blob = identity.wrap(alpha.public, b"k" * 32, b"info")
     assert len(blob) == 1088 + 32 + 32 + 16  # ML-KEM-768+X25519 enc, key, tag
     assert alpha.unwrap(blob, b"info") == b"k" * 32
 
 
 def test_unwrap_with_other_info_fails(alpha):
-    blob = teams.wrap(alpha.public, b"k" * 32, b"object-1")
+    blob = identity.wrap(alpha.public, b"k" * 32, b"object-1")
     with pytest.raises(AccessError):
         alpha.unwrap(blob, b"object-2")
 
@@ -179,13 +179,13 @@ def test_unwrap_by_another_team_fails(home, alpha):
     teams.create_team(home, "beta", passphrase=None)
     beta = teams.load_identity(home, "beta")
     with pytest.raises(AccessError, match="team beta's private key"):
-        beta.unwrap(teams.wrap(alpha.public, b"k" * 32, b"i"), b"i")
+        beta.unwrap(identity.wrap(alpha.public, b"k" * 32, b"i"), b"i")
 
 
 def test_classical_wrap_uses_x25519_hpke(home):
     teams.create_team(home, "beta", passphrase=None, suite="classical")
     beta = teams.load_identity(home, "beta")
-    blob = teams.wrap(beta.public, b"d" * 32, b"i")
+    blob = identity.wrap(beta.public, b"d" * 32, b"i")
     suite = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
     assert suite.decrypt(blob, beta._x, info=b"i") == b"d" * 32
 
@@ -248,7 +248,7 @@ def test_key_provider_bundle_for_another_team_is_refused(home, hub_factory):
     class Provider:
         @hookimpl
         def key_provider(self, team, purpose):
-            return json.dumps(teams._generate_bundle("mallory", "hybrid")).encode()
+            return json.dumps(identity.generate_bundle("mallory", "hybrid")).encode()
 
     with pytest.raises(AccessError, match="gave the keys of team 'mallory', not 'alpha'"):
         teams.load_identity(home, "alpha", hub=hub_factory(Provider()))
