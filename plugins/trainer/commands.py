@@ -111,8 +111,9 @@ def train_cmd(
     """Train a QLoRA adapter on BASE with DATA (JSONL) using the transformers Trainer."""
     from hub.store import open_store
     from hub.types import AdapterRef
+    from plugins.trainer.distributed import agree_on_run_dir, world
     from plugins.trainer.options import build_options
-    from plugins.trainer.train import agree_on_run_dir, train_adapter, world
+    from plugins.trainer.train import train_adapter
 
     AdapterRef.parse(name)
     if quiet:

@@ -209,3 +209,20 @@ def load_examples(
                 continue
         data.examples.append(Example(ids, labels, lineno))
     return data
+
+
+def split_eval(data: EncodedData, fraction: float, seed: int) -> tuple[list, list]:
+    """Deterministic train/eval split of the examples (eval gets ``fraction``, at least 1 row)."""
+    import random
+
+    examples = list(data.examples)
+    if fraction <= 0 or len(examples) < 2:
+        return examples, []
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(round(len(examples) * fraction)))
+    eval_idx = set(order[:n_eval])
+    return (
+        [e for i, e in enumerate(examples) if i not in eval_idx],
+        [e for i, e in enumerate(examples) if i in eval_idx],
+    )

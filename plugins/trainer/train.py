@@ -14,7 +14,6 @@ data, attaches the adapter method, trains with the stock Trainer loop
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,8 @@ from typing import Any
 
 from hub.errors import HubError, ValidationError
 from hub.types import AdapterPayload, AdapterRef
-from plugins.trainer.data import EncodedData, load_examples
+from plugins.trainer.data import load_examples, split_eval
+from plugins.trainer.distributed import world
 from plugins.trainer.manifest import (
     check_resumable,
     library_versions,
@@ -62,49 +62,6 @@ class TrainResult:
     adapter_sha256: str = ""
     rank: int = 0
     world_size: int = 1
-
-
-def world() -> tuple[int, int]:
-    """``(rank, world_size)`` from the torchrun environment (``(0, 1)`` when not distributed)."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def split_eval(data: EncodedData, fraction: float, seed: int) -> tuple[list, list]:
-    """Deterministic train/eval split of the examples (eval gets ``fraction``, at least 1 row)."""
-    import random
-
-    examples = list(data.examples)
-    if fraction <= 0 or len(examples) < 2:
-        return examples, []
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    n_eval = max(1, int(round(len(examples) * fraction)))
-    eval_idx = set(order[:n_eval])
-    return (
-        [e for i, e in enumerate(examples) if i not in eval_idx],
-        [e for i, e in enumerate(examples) if i in eval_idx],
-    )
-
-
-def agree_on_run_dir(run_dir: Path) -> Path:
-    """Under torchrun, every rank uses rank 0's choice of run directory.
-
-    Each rank picks a free directory name on its own, and rank 0 may already
-    have created its directory when another rank looks; so the process group is
-    started here (gloo on CPU, nccl on GPU; the Trainer reuses it) and rank 0's
-    choice is broadcast.
-    """
-    rank, world_size = world()
-    if world_size <= 1:
-        return run_dir
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    choice = [str(run_dir)]
-    dist.broadcast_object_list(choice, src=0)
-    return Path(choice[0])
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
