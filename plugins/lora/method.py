@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,11 @@ class LoraMethod:
         elif opts.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.enable_input_require_grads()
-        peft_model = get_peft_model(model, self.lora_config(opts))
+        with warnings.catch_warnings():
+            # PEFT 0.21 reads transformers' deprecated ``is_gradient_checkpointing``: a
+            # FutureWarning about library internals the user can do nothing about
+            warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
+            peft_model = get_peft_model(model, self.lora_config(opts))
         if opts.freeze_a:
             freeze_a(peft_model, opts.a_seed)
         return peft_model
