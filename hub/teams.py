@@ -50,6 +50,11 @@ def _as_bytes(passphrase: str | bytes) -> bytes:
     return passphrase.encode() if isinstance(passphrase, str) else passphrase
 
 
+def trust_file(home: Path, name: str) -> Path:
+    """Where the trust store keeps team ``name``'s public identity."""
+    return Path(home) / "trust" / f"{check_team_name(name)}.json"
+
+
 def team_dir(home: Path, name: str) -> Path:
     """Directory holding ``name``'s key file and public identity."""
     return Path(home) / "teams" / check_team_name(name)
@@ -92,7 +97,7 @@ def create_team(
     ident = Identity(bundle)
     atomic_write(tdir / "key.json", json.dumps(keyfile, indent=1).encode(), mode=0o600)
     atomic_write(tdir / "public.json", ident.public.to_json())
-    atomic_write(Path(home) / "trust" / f"{name}.json", ident.public.to_json())
+    atomic_write(trust_file(home, name), ident.public.to_json())
     return ident.public
 
 
@@ -188,7 +193,7 @@ def export_public(home: Path, name: str) -> bytes:
 def trust(home: Path, public_json: bytes) -> PublicIdentity:
     """Add a public identity to the trust store (refuses to replace a different key)."""
     pub = PublicIdentity.from_json(public_json)
-    path = Path(home) / "trust" / f"{pub.team}.json"
+    path = trust_file(home, pub.team)
     if path.is_file() and PublicIdentity.from_json(path.read_bytes()) != pub:
         raise AccessError(
             f"the trust store already holds a different key for team {pub.team!r}: "
@@ -204,7 +209,7 @@ def trusted(home: Path, name: str) -> PublicIdentity:
     Raises:
         AccessError: ``name`` is not in the trust store.
     """
-    path = Path(home) / "trust" / f"{check_team_name(name)}.json"
+    path = trust_file(home, name)
     if not path.is_file():
         raise AccessError(
             f"team {name!r} is not in the trust store: get its public file and run "

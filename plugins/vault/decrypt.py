@@ -1,8 +1,9 @@
 """Pull's hot path: decrypt every chunk straight into per-file buffers, hashing as it goes.
 
-:func:`decrypt_files` does what :func:`plugins.vault.objects.decrypt_payload`
-plus a per-file SHA-256 check does, with three differences that only change
-speed (measured in docs/benchmarks.md, ``## Vault``):
+:func:`decrypt_files` decrypts every chunk in order and checks each file's
+SHA-256, with three choices that only change speed (measured in
+docs/benchmarks.md, ``## Vault``; a test checks the result against a plain
+chunk-by-chunk decryption):
 
 * Each file gets its own output buffer, a fresh ``bytes`` held by an
   ``io.BytesIO``: ``getbuffer()`` gives a writable view without copying

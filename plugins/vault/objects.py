@@ -133,41 +133,6 @@ def check_layout(
     return head, sizes, bytes(blob[: _HEADER.size])
 
 
-def decrypt_payload(
-    blob: bytes | memoryview, key: bytes, object_id: bytes, version: int
-) -> bytearray:
-    """Authenticate and decrypt every chunk into one buffer; raises IntegrityError on any mismatch.
-
-    The plain reference for the format. Pulls use
-    :func:`plugins.vault.decrypt.decrypt_files`, which does the same into
-    per-file buffers and checks file hashes; a test checks that they agree.
-    """
-    from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    head, sizes, header = check_layout(blob, object_id, version)
-    view = memoryview(blob)
-    aes = AESGCM(key)
-    out = bytearray(head.length)
-    dst = memoryview(out)
-    pos, at = _HEADER.size, 0
-    for i, size in enumerate(sizes):
-        nonce = view[pos : pos + NONCE]
-        body = view[pos + NONCE : pos + NONCE + size + TAG]
-        try:
-            aes.decrypt_into(
-                nonce, body, chunk_aad(header, i, i == len(sizes) - 1), dst[at : at + size]
-            )
-        except InvalidTag:
-            raise IntegrityError(
-                f"payload chunk {i} failed authentication: the object was altered or "
-                "its chunks reordered"
-            ) from None
-        pos += NONCE + size + TAG
-        at += size
-    return out
-
-
 def chunk_nonces(blob: bytes) -> list[bytes]:
     """The nonce of every chunk (for audits and the nonce-uniqueness test)."""
     pos, out = _HEADER.size, []

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hub.identity import PublicIdentity, check_team_name
-from hub.teams import trusted
+from hub.identity import PublicIdentity
+from hub.teams import trust_file, trusted
 
 
 class TrustCache:
@@ -24,7 +24,7 @@ class TrustCache:
 
     def get(self, team: str) -> PublicIdentity:
         """The trusted public identity of ``team``; raises AccessError if it is not trusted."""
-        path = self.home / "trust" / f"{check_team_name(team)}.json"
+        path = trust_file(self.home, team)
         try:
             raw = path.read_bytes()
         except OSError:
