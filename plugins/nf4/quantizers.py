@@ -15,6 +15,7 @@ from typing import Any
 
 from hub.errors import ValidationError
 from plugins.nf4.checkpoint import ensure_empty_dir, verify_checkpoint, write_checkpoint
+from plugins.nf4.direct import load_direct
 from plugins.nf4.footprint import model_footprint
 from plugins.nf4.options import QuantOptions, parse_options
 from plugins.nf4.source import (
@@ -194,6 +195,10 @@ class BnbQuantizer:
 
         Only safetensors are read; the 4-bit/8-bit weights go straight into the
         bitsandbytes layers, so the full-precision model never exists in memory.
+        A 4-bit checkpoint on CPU is loaded by :func:`plugins.nf4.direct.load_direct`
+        (without ``from_pretrained``'s fixed cost); anything it does not fit,
+        and int8/none, by ``from_pretrained``. ``model.qlora_hub_quant["loader"]``
+        says which.
 
         Raises:
             IntegrityError: a file is missing, modified, or not in the manifest (named).
@@ -210,14 +215,22 @@ class BnbQuantizer:
             **{k: (tuple(v) if k == "skip_modules" else v) for k, v in manifest["options"].items()}
         )
         quiet_bitsandbytes()
-        from transformers import AutoModelForCausalLM
+        model = load_direct(checkpoint) if self.four_bit else None
+        loader = "direct"
+        if model is None:
+            from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(
-            checkpoint, dtype=opts.torch_dtype(), use_safetensors=True
-        )
-        model.eval()
+            loader = "from_pretrained"
+            model = AutoModelForCausalLM.from_pretrained(
+                checkpoint, dtype=opts.torch_dtype(), use_safetensors=True
+            )
+            model.eval()
         provenance = {k: manifest.get(k) for k in ("method", "options", "base_fingerprint")}
-        setattr(model, PROVENANCE_ATTR, {**provenance, "checkpoint": str(checkpoint)})
+        setattr(
+            model,
+            PROVENANCE_ATTR,
+            {**provenance, "checkpoint": str(checkpoint), "loader": loader},
+        )
         return model
 
     def footprint(self, model: Any) -> dict[str, Any]:
