@@ -100,16 +100,20 @@ def probe(mode: str, path: str) -> dict[str, Any]:
     import warnings
 
     warnings.simplefilter("ignore")
+    import accelerate  # noqa: F401
     import bitsandbytes.nn  # noqa: F401
     import torch  # noqa: F401
     import transformers
     import transformers.integrations.bitsandbytes  # noqa: F401
+    import transformers.quantizers  # noqa: F401
     from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     from plugins.nf4.quantizers import builtin_quantizers
 
     transformers.logging.disable_progress_bar()
-    AutoConfig.from_pretrained(path)  # imports the architecture's modeling module
+    # Import the architecture's modeling module (the mapping imports it on lookup).
+    MODEL_FOR_CAUSAL_LM_MAPPING[type(AutoConfig.from_pretrained(path))]
     nf4 = {q.name: q for q in builtin_quantizers()}["nf4"]
 
     def load() -> Any:
