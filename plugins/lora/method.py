@@ -49,9 +49,13 @@ class LoraMethod:
 
         A quantized base goes through ``prepare_model_for_kbit_training`` first
         (norms in fp32, input grads for checkpointing). Unknown target modules
-        are refused with the list of the model's linear modules.
+        are refused with the list of the model's linear modules. On CPU the
+        LoRA dropout is :class:`plugins.lora.dropout.LoraDropout` (the same
+        Bernoulli mask as ``nn.Dropout``, with far fewer random draws).
         """
         from peft import get_peft_model, prepare_model_for_kbit_training
+
+        from plugins.lora.dropout import use_lora_dropout
 
         opts = LoraOptions.from_mapping(options)
         if opts.target_modules != ALL_LINEAR:
@@ -76,6 +80,7 @@ class LoraMethod:
             peft_model = get_peft_model(model, self.lora_config(opts))
         if opts.freeze_a:
             freeze_a(peft_model, opts.a_seed)
+        use_lora_dropout(peft_model)
         return peft_model
 
     def load(self, model: Any, adapter: AdapterPayload, adapter_name: str) -> Any:
