@@ -77,7 +77,9 @@ def test_a_probability_outside_0_1_is_refused(p: float) -> None:
 
 
 def _dropouts(model) -> list[torch.nn.Module]:
-    return [d for m in model.modules() if hasattr(m, "lora_dropout") for d in m.lora_dropout.values()]
+    return [
+        d for m in model.modules() if hasattr(m, "lora_dropout") for d in m.lora_dropout.values()
+    ]
 
 
 def test_attach_on_cpu_uses_lora_dropout_in_every_lora_module(embedded_base) -> None:
