@@ -7,9 +7,12 @@ from pathlib import Path
 
 
 def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
+    """Hex sha256 of a file.
+
+    ``hashlib.file_digest`` reads into one reused 256 KiB buffer. Reading
+    1 MiB ``bytes`` blocks instead left up to 2 MiB of freshly written heap
+    behind in a process whose allocator had raised its mmap threshold, which
+    showed in the peak RSS of loading a 2 MB checkpoint.
+    """
     with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
