@@ -393,5 +393,7 @@ def bench_quant_cmd(base: Path | None, repeats: int, as_json: bool) -> None:
         _print(result)
 
 
-if __name__ == "__main__":  # the fresh-process probe: python -m plugins.nf4.bench MODE PATH [PRIMER]
+if (
+    __name__ == "__main__"
+):  # the fresh-process probe: python -m plugins.nf4.bench MODE PATH [PRIMER]
     print(json.dumps(probe(*sys.argv[1:4])))
