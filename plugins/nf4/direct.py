@@ -136,6 +136,8 @@ def load_direct(checkpoint: Path) -> Any | None:
     packed = {f"{m}.weight" for m in stats}
     if set(plain) != _to_load(model) or not packed <= set(plain):
         return None
+    if not all(isinstance(model.get_submodule(m), bnb.nn.Linear4bit) for m in stats):
+        return None
 
     for key, tensor in plain.items():
         module_name, _, name = key.rpartition(".")
