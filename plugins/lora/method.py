@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +74,7 @@ class LoraMethod:
         elif opts.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.enable_input_require_grads()
-        with warnings.catch_warnings():
-            # PEFT 0.21 reads transformers' deprecated ``is_gradient_checkpointing``: a
-            # FutureWarning about library internals the user can do nothing about
-            warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
+        with _quiet_peft_init():
             peft_model = get_peft_model(model, self.lora_config(opts))
         if opts.freeze_a:
             freeze_a(peft_model, opts.a_seed)
@@ -106,7 +104,8 @@ class LoraMethod:
 
         fresh = not isinstance(model, PeftModel)
         if fresh:
-            peft_model = PeftModel(model, config, adapter_name=adapter_name)
+            with _quiet_peft_init():
+                peft_model = PeftModel(model, config, adapter_name=adapter_name)
         else:
             if adapter_name in model.peft_config:
                 raise ValidationError(f"adapter name {adapter_name!r} is already loaded")
@@ -158,3 +157,15 @@ def _mismatch(expected: Mapping[str, Any], given: Mapping[str, Any]) -> str:
     if shapes:
         parts.append(f"{len(shapes)} shape mismatch(es) (first {shapes[0]})")
     return "; ".join(parts)
+
+
+@contextmanager
+def _quiet_peft_init() -> Iterator[None]:
+    """Hide the FutureWarning ``PeftModel.__init__`` triggers in transformers 5.
+
+    PEFT 0.21 reads transformers' deprecated ``is_gradient_checkpointing``:
+    a warning about library internals the user can do nothing about.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
+        yield

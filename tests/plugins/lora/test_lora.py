@@ -179,3 +179,17 @@ def test_lora_plugin_module_does_not_import_torch() -> None:
     code = "import sys, plugins.lora, plugins.paged, plugins.trainer; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_attach_and_load_print_no_transformers_deprecation_warning(
+    adapter_method, nf4_base, bf16_base, tmp_path: Path
+) -> None:
+    """PEFT's read of a deprecated transformers property stays out of users' output."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trained = adapter_method.attach(nf4_base, {"r": 4})
+        trained.save_pretrained(tmp_path)
+        adapter_method.load(bf16_base, AdapterPayload.from_dir(tmp_path, "x@1"), "x")
+    assert [str(w.message) for w in caught if "is_gradient_checkpointing" in str(w.message)] == []
