@@ -393,7 +393,6 @@ def bench_quant_cmd(base: Path | None, repeats: int, as_json: bool) -> None:
         _print(result)
 
 
-if (
-    __name__ == "__main__"
-):  # the fresh-process probe: python -m plugins.nf4.bench MODE PATH [PRIMER]
+# The fresh-process probe: python -m plugins.nf4.bench MODE PATH [PRIMER]
+if __name__ == "__main__":
     print(json.dumps(probe(*sys.argv[1:4])))
