@@ -29,24 +29,12 @@ places the model on the GPU itself.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-WEIGHT_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
-
-
-def weight_files(checkpoint: Path) -> list[Path]:
-    """The checkpoint's safetensors files: the single file, or every shard of the index."""
-    checkpoint = Path(checkpoint)
-    index = checkpoint / INDEX_FILE
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [checkpoint / name for name in shards]
-    return [checkpoint / WEIGHT_FILE]
+from hub.base import weight_files
 
 
 def _read_tensors(files: list[Path]) -> Iterator[tuple[str, Any]]:
@@ -127,6 +115,7 @@ def load_direct(checkpoint: Path) -> Any | None:
     # Group each packed weight with its quantization stats ("<module>.weight.absmax", ...).
     plain: dict[str, Any] = {}
     stats: dict[str, dict[str, Any]] = {}
+    # verify_checkpoint refused any safetensors file the manifest does not list
     for key, tensor in _read_tensors(weight_files(checkpoint)):
         module, sep, stat = key.partition(".weight.")
         if sep:
