@@ -39,6 +39,19 @@ class LiveServer:
         """Authorization header of a named key (``alpha``, ``beta``, ``admin``)."""
         return {"Authorization": f"Bearer {self.keys[who]}"}
 
+    def complete(
+        self, model: str, prompt: str, *, max_tokens: int, who: str = "alpha", timeout: float = 120
+    ) -> Any:
+        """``POST /v1/completions`` with greedy decoding, as key ``who``; the ``httpx`` response."""
+        import httpx
+
+        return httpx.post(
+            self.url + "/v1/completions",
+            json={"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0},
+            headers=self.headers(who),
+            timeout=timeout,
+        )
+
     def metric(self, series: str) -> float:
         """The value of one series in ``GET /metrics`` (name with labels, exactly); 0 if absent."""
         import httpx

@@ -6,12 +6,7 @@ import httpx
 
 
 def complete(live_server, model: str) -> httpx.Response:
-    return httpx.post(
-        live_server.url + "/v1/completions",
-        json={"model": model, "prompt": "ab:", "max_tokens": 2, "temperature": 0},
-        headers=live_server.headers("alpha"),
-        timeout=120,
-    )
+    return live_server.complete(model, "ab:", max_tokens=2)
 
 
 def listing(live_server) -> dict:

@@ -11,12 +11,7 @@ from server.random_adapter import random_lora_payload
 
 
 def complete(live_server, model: str) -> httpx.Response:
-    return httpx.post(
-        live_server.url + "/v1/completions",
-        json={"model": model, "prompt": "swap:", "max_tokens": 8, "temperature": 0},
-        headers=live_server.headers("alpha"),
-        timeout=300,
-    )
+    return live_server.complete(model, "swap:", max_tokens=8, timeout=300)
 
 
 def test_hot_swap_under_load_fails_no_request(live_server, embedded_base) -> None:

@@ -20,12 +20,7 @@ REFUSED = 'qlora_hub_adapter_events_total{event="refused"}'
 
 
 def complete(vault_server, model: str) -> httpx.Response:
-    return httpx.post(
-        vault_server.url + "/v1/completions",
-        json={"model": model, "prompt": "ab:", "max_tokens": 2, "temperature": 0},
-        headers=vault_server.headers("alpha"),
-        timeout=60,
-    )
+    return vault_server.complete(model, "ab:", max_tokens=2, timeout=60)
 
 
 def resident(vault_server) -> list[str]:
