@@ -49,6 +49,8 @@ class GenRequest:
     seed: int | None = None
     timeout_s: float = 120.0
     release: Callable[[], None] = lambda: None
+    request_id: str = "-"
+    adapter: str = "base"
     cancelled: threading.Event = field(default_factory=threading.Event)
     generated: list[int] = field(default_factory=list)
     sent: int = 0
@@ -139,6 +141,8 @@ class Engine:
 
     def submit(self, req: GenRequest) -> None:
         """Queue ``req``; raises :class:`QueueFullError` when ``max_queue`` requests wait already."""
+        if req.seed is not None and not 0 <= req.seed < 2**63:
+            raise ValueError(f"seed {req.seed} is outside 0..2^63-1")
         with self._cond:
             if len(self._pending) >= self.max_queue:
                 raise QueueFullError(f"{len(self._pending)} requests are waiting")
@@ -165,16 +169,62 @@ class Engine:
                 while self._pending and len(self.rows) + len(joining) < self.max_batch:
                     joining.append(self._pending.popleft())
             joining = [r for r in joining if not self._dropped(r)]
-            try:
-                if joining:
-                    self._prefill(joining)
-                if self.rows:
+            self._drop_stopped_rows()
+            if joining:
+                self._prefill_isolated(joining)
+            if self.rows:
+                try:
                     self._decode()
-            except Exception as exc:  # a bug or OOM must not kill the worker: fail this batch
-                log.exception("engine step failed")
-                for req in [*self.rows, *joining]:
-                    self._finish_error(req, f"generation failed: {type(exc).__name__}")
-                self._reset()
+                except Exception as exc:  # a bug or OOM must not kill the worker
+                    self._fail_rows(self.rows, "decode", exc)
+                    self._reset()
+
+    def _prefill_isolated(self, joining: list[GenRequest]) -> None:
+        """Prefill ``joining``; when that fails, retry each row alone so only the culprit fails.
+
+        The running rows are untouched either way: a prefill builds its own cache and joins
+        the batch only once it succeeded.
+        """
+        try:
+            self._prefill(joining)
+            return
+        except Exception as exc:
+            if len(joining) == 1:
+                self._fail_rows(joining, "prefill", exc)
+                return
+        for req in joining:
+            try:
+                self._prefill([req])
+            except Exception as exc:
+                self._fail_rows([req], "prefill", exc)
+
+    def _fail_rows(self, reqs: list[GenRequest], phase: str, exc: Exception) -> None:
+        """End ``reqs`` with an error naming the failure; log it once per request id."""
+        for req in reqs:
+            log.error(
+                "engine %s failed for request %s (adapter %s): %s: %s",
+                phase,
+                req.request_id,
+                req.adapter,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+                extra={"request_id": req.request_id, "adapter": req.adapter},
+            )
+            self._finish_error(
+                req, f"generation failed ({phase}): {type(exc).__name__}; request {req.request_id}"
+            )
+
+    def _drop_stopped_rows(self) -> None:
+        """Before a forward pass, finish running rows that were cancelled or timed out.
+
+        A cancelled request therefore costs no further forward pass once the engine sees it.
+        """
+        if not self.rows:
+            return
+        keep = [i for i, req in enumerate(self.rows) if not self._dropped(req)]
+        if len(keep) < len(self.rows):
+            self._keep(keep)
 
     def _dropped(self, req: GenRequest) -> bool:
         """Finish a request that was cancelled or timed out while waiting; True if so."""
@@ -216,8 +266,8 @@ class Engine:
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         slots = torch.tensor([r.slot for r in joining], dtype=torch.long)
         logits, kv = self._forward(ids, mask, pos, slots, None)
-        last = self._sample(joining, logits)
-        keep = self._after_tokens(joining, last)
+        last, failed = self._sample_rows(joining, logits)
+        keep = self._after_tokens(joining, last, failed)
         if keep:
             idx = torch.tensor(keep, dtype=torch.long)
             kv = [[t[idx] for t in layer] for layer in kv]
@@ -262,10 +312,31 @@ class Engine:
             self.last[:, None], mask, self.pos[:, None], self.slots, self.kv
         )
         self.mask, self.pos = mask, self.pos + 1
-        self.last = self._sample(self.rows, logits)
-        keep = self._after_tokens(self.rows, self.last)
+        self.last, failed = self._sample_rows(self.rows, logits)
+        keep = self._after_tokens(self.rows, self.last, failed)
         if len(keep) < len(self.rows):
             self._keep(keep)
+
+    def _sample_rows(
+        self, reqs: list[GenRequest], logits: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[int, str]]:
+        """The next token of every row, sampled row by row so one row's failure stays its own.
+
+        Returns the tokens and ``{row: reason}`` for rows that cannot go on (non-finite
+        logits, a sampler error); their token is meaningless and they leave the batch.
+        """
+        out = logits.argmax(-1)
+        bad = torch.isnan(logits).any(-1) | torch.isposinf(logits).any(-1)
+        failed: dict[int, str] = {}
+        for i, req in enumerate(reqs):
+            if bad[i]:
+                failed[i] = "the model produced non-finite logits (NaN or inf) for this request"
+                continue
+            try:
+                out[i] = self._sample([req], logits[i : i + 1])[0]
+            except Exception as exc:
+                failed[i] = f"sampling failed: {type(exc).__name__}: {exc}"
+        return out, failed
 
     def _sample(self, reqs: list[GenRequest], logits: torch.Tensor) -> torch.Tensor:
         """Greedy for temperature 0, else temperature + top-p sampling with the row's generator."""
@@ -281,22 +352,47 @@ class Engine:
             out[i] = torch.multinomial(probs, 1, generator=req.generator)[0]
         return out
 
-    def _after_tokens(self, reqs: list[GenRequest], tokens: torch.Tensor) -> list[int]:
-        """Record each row's new token and stream its text; returns the rows still running."""
+    def _after_tokens(
+        self, reqs: list[GenRequest], tokens: torch.Tensor, failed: dict[int, str] | None = None
+    ) -> list[int]:
+        """Record each row's new token and stream its text; returns the rows still running.
+
+        A row listed in ``failed``, or whose decoding or streaming raises, ends with an
+        error; the other rows go on untouched.
+        """
         keep = []
         now = time.monotonic()
+        failed = failed or {}
         for i, (req, token) in enumerate(zip(reqs, tokens.tolist(), strict=True)):
-            if req.first_token_at is None:
-                req.first_token_at = now
-            req.generated.append(token)
-            reason = self._stop_reason(req, token)
-            text = self._text(req)
-            reason = self._emit(req, text, reason)
+            if i in failed:
+                self._row_error(req, failed[i])
+                continue
+            try:
+                if req.first_token_at is None:
+                    req.first_token_at = now
+                req.generated.append(token)
+                reason = self._stop_reason(req, token)
+                text = self._text(req)
+                reason = self._emit(req, text, reason)
+            except Exception as exc:
+                self._row_error(req, f"decoding failed: {type(exc).__name__}: {exc}")
+                continue
             if reason:
                 self._finish(req, reason)
             else:
                 keep.append(i)
         return keep
+
+    def _row_error(self, req: GenRequest, reason: str) -> None:
+        """End one row with an error; the batch goes on without it."""
+        log.warning(
+            "request %s (adapter %s) ended with an error: %s",
+            req.request_id,
+            req.adapter,
+            reason,
+            extra={"request_id": req.request_id, "adapter": req.adapter},
+        )
+        self._finish_error(req, f"{reason}; request {req.request_id}")
 
     def _text(self, req: GenRequest) -> str:
         ids = [t for t in req.generated if t not in self.eos_ids]
@@ -355,14 +451,25 @@ class Engine:
             "completion_tokens": len(req.generated),
             "total_tokens": len(req.prompt_ids) + len(req.generated),
         }
-        if reason == "timeout":
-            req.on_event(("error", "timeout", usage))
-        else:
-            req.on_event(("done", reason, usage))
+        event = ("error", "timeout", usage) if reason == "timeout" else ("done", reason, usage)
+        self._deliver(req, event)
         req.release()
         self.on_finish(reason, len(req.generated))
 
     def _finish_error(self, req: GenRequest, message: str) -> None:
-        req.on_event(("error", message, None))
+        self._deliver(req, ("error", message, None))
         req.release()
         self.on_finish("error", len(req.generated))
+
+    def _deliver(self, req: GenRequest, event: tuple[Any, ...]) -> None:
+        """Send a request its last event; a receiver that is gone must not stop the engine."""
+        try:
+            req.on_event(event)
+        except Exception:
+            log.warning(
+                "request %s: its %s event could not be delivered",
+                req.request_id,
+                event[0],
+                exc_info=True,
+                extra={"request_id": req.request_id, "adapter": req.adapter},
+            )
