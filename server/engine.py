@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from server.lora import LoRABank
+from server.sampling import RowError, Sampled, sample
 
 log = logging.getLogger("qlora_hub.server.engine")
 
@@ -35,8 +36,10 @@ class QueueFullError(Exception):
 class GenRequest:
     """One generation request as the engine sees it.
 
-    ``on_event`` is called from the engine thread with ``("delta", text)``,
-    then once with ``("done", finish_reason, usage)`` or ``("error", message)``.
+    ``on_event`` is called from the engine thread with ``("delta", text, tokens)``
+    (``tokens``: how many tokens were generated when ``text`` was sent), then once with
+    ``("done", finish_reason, usage)`` or ``("error", message, usage)``. The sampling
+    fields are read by :func:`server.sampling.sample`.
     """
 
     prompt_ids: list[int]
@@ -47,6 +50,10 @@ class GenRequest:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: int | None = None  # None: none; k: each token's logprob and the top k
     timeout_s: float = 120.0
     release: Callable[[], None] = lambda: None
     request_id: str = "-"
@@ -57,6 +64,7 @@ class GenRequest:
     submitted: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
     generator: torch.Generator | None = None
+    token_logprobs: list[Sampled] = field(default_factory=list)  # when ``logprobs`` is set
 
     def cancel(self) -> None:
         """Ask the engine to drop this request at its next step (client went away)."""
@@ -323,34 +331,19 @@ class Engine:
         """The next token of every row, sampled row by row so one row's failure stays its own.
 
         Returns the tokens and ``{row: reason}`` for rows that cannot go on (non-finite
-        logits, a sampler error); their token is meaningless and they leave the batch.
+        logits or probabilities, see :mod:`server.sampling`); their token is meaningless and
+        they leave the batch.
         """
-        out = logits.argmax(-1)
-        bad = torch.isnan(logits).any(-1) | torch.isposinf(logits).any(-1)
+        out = torch.zeros(len(reqs), dtype=torch.long)
         failed: dict[int, str] = {}
-        for i, req in enumerate(reqs):
-            if bad[i]:
-                failed[i] = "the model produced non-finite logits (NaN or inf) for this request"
+        for i, (req, got) in enumerate(zip(reqs, sample(logits, reqs), strict=True)):
+            if isinstance(got, RowError):
+                failed[i] = got.message
                 continue
-            try:
-                out[i] = self._sample([req], logits[i : i + 1])[0]
-            except Exception as exc:
-                failed[i] = f"sampling failed: {type(exc).__name__}: {exc}"
+            out[i] = got.token
+            if req.logprobs is not None:
+                req.token_logprobs.append(got)
         return out, failed
-
-    def _sample(self, reqs: list[GenRequest], logits: torch.Tensor) -> torch.Tensor:
-        """Greedy for temperature 0, else temperature + top-p sampling with the row's generator."""
-        out = logits.argmax(-1)
-        for i, req in enumerate(reqs):
-            if req.temperature <= 0:
-                continue
-            probs = torch.softmax(logits[i] / req.temperature, -1)
-            if req.top_p < 1.0:
-                sorted_p, order = probs.sort(descending=True)
-                keep = sorted_p.cumsum(-1) - sorted_p < req.top_p  # always keeps the top token
-                probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-            out[i] = torch.multinomial(probs, 1, generator=req.generator)[0]
-        return out
 
     def _after_tokens(
         self, reqs: list[GenRequest], tokens: torch.Tensor, failed: dict[int, str] | None = None
@@ -428,7 +421,7 @@ class Engine:
                         break
             end -= hold
         if end > req.sent and reason not in ("cancelled", "timeout"):
-            req.on_event(("delta", text[req.sent : end]))
+            req.on_event(("delta", text[req.sent : end], len(req.generated)))
             req.sent = end
         return reason
 
