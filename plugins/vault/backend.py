@@ -6,11 +6,16 @@ Open it as team ``alpha`` with ``open_store(hub, settings, team="alpha")``
 ``passphrase`` option or ``$QLORA_HUB_PASSPHRASE``. Every method also takes
 ``team=`` to act as another local team.
 
-Layout under the backend root (``<home>/storage/vault``)::
+Who owns a name and which team may read which version follow from records
+signed by the name's owner (:mod:`hub.grants`, stored by
+:mod:`plugins.vault.records`), never from the index: a writer of the vault
+folder can delete or withhold, not grant, take over a name or undo a
+revocation. Layout under the backend root (``<home>/storage/vault``)::
 
-    index.sqlite   names, versions, grants, audit head (no secrets)
+    index.sqlite   cache of names, versions, grants (rebuilt by reindex); audit head
     audit.log      hash-chained JSON lines
-    blobs/         default blob store (``vault.blob_url`` moves it)
+    blobs/         default blob store (``vault.blob_url`` moves it):
+                   names/<name>/<seq>  signed records;  objects/<id>/...  one version
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from hub.errors import (
     UnknownNameError,
     ValidationError,
 )
-from hub.identity import Identity, PublicIdentity, check_team_name
+from hub.grants import NameState
+from hub.identity import Identity, PublicIdentity
+from hub.names import check_name, check_team_name
 from hub.teams import load_identity
 from hub.types import AdapterPayload, AdapterRecord, AdapterRef
 from plugins.vault import objects, sharing
@@ -38,18 +45,20 @@ from plugins.vault.audit import AuditLog
 from plugins.vault.blobs import open_blobs
 from plugins.vault.decrypt import decrypt_files
 from plugins.vault.index import Index
-from plugins.vault.names import check_name, collision_key
+from plugins.vault.records import NameRecords
 from plugins.vault.trust_cache import TrustCache
-from plugins.vault.validation import check_adapter, run_policy_hooks
 
 TEAM_ENV = "QLORA_HUB_TEAM"
 MAX_METADATA_BYTES = 64 << 10
+MAX_MANIFEST_BYTES = 16 << 20
 
 
-def _setting(home: Path, key: str) -> Any:
-    from hub.config import load_settings
+def _setting(home: Path, settings: Any, key: str) -> Any:
+    if settings is None:
+        from hub.config import load_settings
 
-    return load_settings(home).get(key)
+        settings = load_settings(home)
+    return settings.get(key)
 
 
 class Vault:
@@ -58,8 +67,9 @@ class Vault:
     name = "vault"
     description = (
         "Encrypted, signed adapter storage: AES-256-GCM chunks, data keys HPKE-wrapped "
-        "per team (ML-KEM-768+X25519), manifests signed Ed25519+ML-DSA-65"
+        "per team (ML-KEM-768+X25519), manifests and sharing records signed Ed25519+ML-DSA-65"
     )
+    capabilities = frozenset({"encrypted", "signed", "revoke_reencrypts"})
 
     def __init__(
         self,
@@ -68,31 +78,40 @@ class Vault:
         hub: Any = None,
         home: Path | None = None,
         team: str | None = None,
-        passphrase: str | bytes | None = None,
+        passphrase: Any = None,
         blob_url: str | None = None,
         chunk_size: int | None = None,
         max_adapter_bytes: int | None = None,
+        settings: Any = None,
     ) -> None:
         # open_store puts the root at <home>/storage/vault; keys live in <home>/teams.
         self.home = Path(home) if home else Path(root).parent.parent
         # vault.root points several homes (teams on different machines) at one vault.
-        self.root = Path(_setting(self.home, "vault.root") or root)
+        self.root = Path(_setting(self.home, settings, "vault.root") or root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.hub = hub
         self.team = team or os.environ.get(TEAM_ENV) or None
         self._passphrase = passphrase
-        self.chunk_size = int(chunk_size or _setting(self.home, "vault.chunk_size"))
+        self.chunk_size = int(chunk_size or _setting(self.home, settings, "vault.chunk_size"))
         self.max_adapter_bytes = int(
-            max_adapter_bytes or _setting(self.home, "vault.max_adapter_bytes")
+            max_adapter_bytes or _setting(self.home, settings, "vault.max_adapter_bytes")
         )
-        if self.chunk_size < 1024:
-            raise ConfigError("vault.chunk_size must be at least 1024 bytes")
-        url = blob_url or _setting(self.home, "vault.blob_url") or (self.root / "blobs").as_uri()
+        if not objects.MIN_CHUNK <= self.chunk_size <= objects.MAX_CHUNK:
+            raise ConfigError(
+                f"vault.chunk_size must be between {objects.MIN_CHUNK} and {objects.MAX_CHUNK} bytes"
+            )
+        url = (
+            blob_url
+            or _setting(self.home, settings, "vault.blob_url")
+            or (self.root / "blobs").as_uri()
+        )
         self.blobs = open_blobs(url)
         self.index = Index(self.root / "index.sqlite")
         self.audit = AuditLog(self.root / "audit.log", self.index)
         self._identities: dict[str, Identity] = {}
         self._trust = TrustCache(self.home)  # parsed public keys of other teams
+        self.records = NameRecords(self.blobs, self._public_of, self.home / "pins")
+        self._manifests: dict[str, dict[str, Any]] = {}  # manifest SHA-256 -> parsed manifest
 
     def __repr__(self) -> str:
         return f"Vault(root={str(self.root)!r}, team={self.team!r})"
@@ -112,93 +131,98 @@ class Vault:
             )
         return self._identities[team]
 
-    def _public(self, team: str, acting: Identity) -> PublicIdentity:
-        return acting.public if team == acting.team else self._trust.get(team)
+    def _public_of(self, team: str) -> PublicIdentity:
+        """A team's public key: its loaded private key here, else the trust store."""
+        if team in self._identities:
+            return self._identities[team].public
+        return self._trust.get(team)
 
-    # -- helpers ------------------------------------------------------------------------
+    # -- signed state ------------------------------------------------------------------
     @staticmethod
     def _key(oid: str, part: str) -> str:
         return f"objects/{oid}/{part}"
 
-    def _resolve(self, db: Any, ref: AdapterRef, team: str) -> Any:
-        """The version row ``team`` may read for ``ref``, or the right error."""
+    def state(self, name: str) -> NameState | None:
+        """The verified signed state of adapter ``name`` (None: never published)."""
+        return self.records.load(check_name(name))
+
+    def _owned(self, name: str, team: str) -> NameState:
+        """The state of ``name``, which ``team`` must own."""
+        state = self.state(name)
+        if state is None or state.name != name:
+            raise UnknownNameError(f"no adapter named {name!r} in this vault")
+        if state.owner != team:
+            if team not in state.ever:
+                raise UnknownNameError(f"no adapter named {name!r} in this vault")
+            raise AccessError(
+                f"adapter {name!r} belongs to team {state.owner!r}: only it can share, "
+                "revoke or delete"
+            )
+        return state
+
+    def _resolve(self, ref: AdapterRef, team: str) -> tuple[NameState, int]:
+        """The signed state of ``ref.name`` and the version ``team`` may read, or the right error."""
         name = check_name(ref.name)
         hidden = UnknownNameError(
             f"no adapter {ref} visible to team {team!r}: check `adapters list`"
         )
-        if ref.version is None:
-            row = db.execute(
-                "SELECT v.* FROM versions v JOIN grants g ON g.object_id = v.object_id "
-                "WHERE v.name = ? AND g.team = ? ORDER BY v.version DESC LIMIT 1",
-                (name, team),
-            ).fetchone()
-        else:
-            row = self.index.version_row(db, name, ref.version)
-        if row is None:
+        state = self.state(name)
+        if state is None or state.name != name or team not in state.ever:
+            raise hidden  # never shared: same answer as absent, so names do not leak
+        version = ref.version if ref.version is not None else state.latest(team)
+        if version is None:
+            version = state.latest()
+            if version is None:
+                raise hidden
+        if version not in state.live():
             raise hidden
-        state = self.index.grants(db, row["object_id"]).get(team)
-        if state is None:
-            raise hidden  # not shared: same answer as absent, so names do not leak
-        if state == "revoked":
-            raise AccessError(
-                f"team {team}'s access to {name}@{row['version']} was revoked by its owner"
-            )
-        return row
+        if team not in state.readers(version):
+            if team not in state.revoked:
+                raise hidden
+            raise AccessError(f"team {team}'s access to {name}@{version} was revoked by its owner")
+        return state, version
 
-    def _owned(self, db: Any, name: str, team: str) -> Any:
-        row = self.index.name_row(db, collision_key(check_name(name)))
-        if row is None or row["name"] != name:
-            raise UnknownNameError(f"no adapter named {name!r} in this vault")
-        if row["owner"] != team:
-            raise AccessError(
-                f"adapter {name!r} belongs to team {row['owner']!r}: only it can share, "
-                "revoke or delete"
-            )
-        return row
-
-    def _open(self, row: Any, team: str) -> tuple[dict[str, Any], bytes]:
-        """Verify the manifest of ``row`` and unwrap its data key for ``team``."""
-        oid = row["object_id"]
-        mblob = self.blobs.get(self._key(oid, "manifest"))
-        manifest, sig = objects.read_manifest(mblob)
-        publisher = manifest.get("publisher")
-        if publisher != row["publisher"]:
-            raise IntegrityError("manifest publisher does not match the index: object was swapped")
-        # The acting team holds its own private key, so it needs no trust entry for itself.
-        own = publisher == team
-        public = self.identity(team).public if own else self._trust.get(publisher)
-        try:
-            objects.verify_manifest(public, manifest, sig)
-        except IntegrityError:
-            if manifest.get("publisher_fingerprint") != public.fingerprint:
-                raise AccessError(
-                    f"{row['name']}@{row['version']} was signed by another key of team "
-                    f"{publisher!r} than your trust store holds (re-keyed?): re-trust its public file"
-                ) from None
-            raise
-        if (
-            manifest.get("name") != row["name"]
-            or manifest.get("version") != row["version"]
-            or manifest.get("object_id") != oid
-            or hashlib.sha256(mblob).hexdigest() != row["manifest_sha256"]
-        ):
+    def _manifest(self, state: NameState, version: int) -> dict[str, Any]:
+        """The manifest of ``version``, checked against the owner's signed publish record."""
+        grant = state.versions[version]
+        mblob = self.blobs.get(self._key(grant.object_id, "manifest"))
+        if hashlib.sha256(mblob).hexdigest() != grant.manifest_sha256:
             raise IntegrityError(
-                f"manifest of {row['name']}@{row['version']} belongs to another object"
+                f"manifest of {state.name}@{version} belongs to another object: it does not "
+                "match the owner's signed record"
             )
-        key = objects.unwrap_key(
+        cached = self._manifests.get(grant.manifest_sha256)
+        if cached is not None:
+            return cached
+        manifest, sig = objects.read_manifest(mblob)
+        objects.verify_manifest(self._public_of(state.owner), manifest, sig)
+        if (
+            manifest.get("name") != state.name
+            or manifest.get("version") != version
+            or manifest.get("object_id") != grant.object_id
+            or manifest.get("publisher") != state.owner
+        ):
+            raise IntegrityError(f"manifest of {state.name}@{version} belongs to another object")
+        self._manifests[grant.manifest_sha256] = manifest
+        return manifest
+
+    def _data_key(self, state: NameState, version: int, team: str) -> bytes:
+        oid = state.versions[version].object_id
+        return objects.unwrap_key(
             self.identity(team),
             self.blobs.get(self._key(oid, f"keys/{team}")),
             bytes.fromhex(oid),
-            row["version"],
+            version,
         )
-        return manifest, key
 
-    def _decrypt(self, row: Any, manifest: dict[str, Any], key: bytes) -> dict[str, bytes]:
-        oid = row["object_id"]
+    def _decrypt(
+        self, state: NameState, version: int, manifest: dict[str, Any], key: bytes
+    ) -> dict[str, bytes]:
+        oid = state.versions[version].object_id
         key_ = self._key(oid, "payload")
         # Stores that can map a blob avoid reading it into a second buffer.
         blob = self.blobs.view(key_) if hasattr(self.blobs, "view") else self.blobs.get(key_)
-        return decrypt_files(blob, key, bytes.fromhex(oid), row["version"], manifest["files"])
+        return decrypt_files(blob, key, bytes.fromhex(oid), version, manifest["files"])
 
     # -- the StorageBackend protocol -----------------------------------------------------
     def push(
@@ -209,25 +233,30 @@ class Vault:
         metadata: Mapping[str, Any] | None = None,
         share_with: Iterable[str] = (),
     ) -> AdapterRef:
-        """Validate, sign, encrypt and store ``adapter`` as the next version of its name.
+        """Sign, encrypt and store ``adapter`` as the next version of its name.
 
-        Readers: the publishing team, every team with access to the previous
-        latest version, and ``share_with``.
+        Readers: the publishing team, the readers of the latest version as the
+        owner's signed records state them, and ``share_with``. Validation and
+        the lifecycle hooks are the core's (:mod:`hub.adapters`).
         """
-        return self._store(adapter, self._acting(team), metadata, share_with, None)
+        share = [check_team_name(t) for t in share_with]
+        return self._store(adapter, self._acting(team), metadata, share, None)
 
     def _store(
         self,
         adapter: AdapterPayload,
         team: str,
         metadata: Mapping[str, Any] | None,
-        share_with: Iterable[str],
+        share_with: list[str],
         readers: set[str] | None,
         action: str = "push",
     ) -> AdapterRef:
         name = check_name(adapter.name)
-        check_adapter(adapter, max_bytes=self.max_adapter_bytes)
-        run_policy_hooks(self.hub, adapter)
+        if adapter.nbytes > self.max_adapter_bytes:
+            raise ValidationError(
+                f"adapter is {adapter.nbytes} bytes, over vault.max_adapter_bytes="
+                f"{self.max_adapter_bytes}"
+            )
         meta = dict(metadata or {})
         try:
             if len(objects.canonical(meta)) > MAX_METADATA_BYTES:
@@ -236,36 +265,25 @@ class Vault:
             raise ValidationError(f"metadata must be JSON under 64 KiB ({exc})") from None
         ident = self.identity(team, "sign")
         with self.index.write() as db:  # reserve the version number (never reused)
-            row = self.index.name_row(db, collision_key(name))
-            if row is None:
-                db.execute(
-                    "INSERT INTO names VALUES (?, ?, ?, 1)", (collision_key(name), name, team)
-                )
-                version, inherited = 1, set()
-            else:
-                if row["name"] != name:
-                    raise ValidationError(
-                        f"adapter name {name!r} collides with existing {row['name']!r} "
-                        "(names differ only by case): use the existing name or another"
-                    )
-                if row["owner"] != team:
-                    raise AccessError(f"adapter {name!r} belongs to team {row['owner']!r}")
-                version = row["last_version"] + 1
-                db.execute(
-                    "UPDATE names SET last_version = ? WHERE name_key = ?",
-                    (version, collision_key(name)),
-                )
-                latest = self.index.versions_of(db, name)
-                grants = self.index.grants(db, latest[-1]["object_id"]) if latest else {}
-                inherited = {t for t, s in grants.items() if s == "active"}
-        recipients = {team, *(inherited if readers is None else readers), *share_with}
-        publics = {t: self._public(t, ident) for t in sorted(recipients)}
-
+            state = self._claimed(name, ident)
+            version = max(state.last_version, self.index.last_version(db, name)) + 1
+            self.index.reserve(db, name, team, version)
+            wanted = (readers if readers is not None else state.next_readers()) | {
+                team,
+                *share_with,
+            }
+        for t in wanted:  # an untrusted reader fails before anything is written
+            self._public_of(t)
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         oid = os.urandom(16)
         data_key = AESGCM.generate_key(bit_length=256)
-        order = sorted(adapter.files)
+        plain = b"".join(adapter.files[n] for n in sorted(adapter.files))
+        self.blobs.put(
+            self._key(oid.hex(), "payload"),
+            objects.encrypt_payload(plain, data_key, oid, version, self.chunk_size),
+        )
+        wrapped = self._wrap_for(wanted, data_key, oid, version)
         manifest = {
             "format": objects.MANIFEST_FORMAT,
             "name": name,
@@ -280,79 +298,88 @@ class Vault:
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "payload": {"cipher": "AES-256-GCM", "chunk_size": self.chunk_size},
         }
-        plain = b"".join(adapter.files[n] for n in order)
-        self.blobs.put(
-            self._key(oid.hex(), "payload"),
-            objects.encrypt_payload(plain, data_key, oid, version, self.chunk_size),
-        )
-        for t, pub in publics.items():
-            self.blobs.put(
-                self._key(oid.hex(), f"keys/{t}"), objects.wrap_key(pub, data_key, oid, version)
-            )
-        mblob = objects.sign_manifest(ident, manifest)
-        self.blobs.put(self._key(oid.hex(), "manifest"), mblob)
-        digest = hashlib.sha256(mblob).hexdigest()
-        # Visibility point: the object exists once this transaction commits.
+        # Visibility point: the owner-signed publish record, written under the write lock
+        # after every blob of the object is durable; the index rows are its cache.
         with self.index.write() as db:
-            db.execute(
-                "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    name,
-                    version,
-                    oid.hex(),
-                    team,
-                    manifest["created"],
-                    len(plain),
-                    manifest["base_fingerprint"],
-                    digest,
-                ),
-            )
-            db.executemany(
-                "INSERT INTO grants VALUES (?, ?, 'active')", [(oid.hex(), t) for t in publics]
-            )
+            state = self._claimed(name, ident)
+            if version in state.versions:
+                raise IntegrityError(f"version {name}@{version} was published meanwhile: retry")
+            if readers is None:  # a share or revoke may have landed since the reservation
+                final = state.next_readers() | {team, *share_with}
+                wrapped = self._wrap_for(final - wrapped, data_key, oid, version) | (
+                    wrapped & final
+                )
+                for gone in wanted - final:
+                    self.blobs.delete(self._key(oid.hex(), f"keys/{gone}"))
+            manifest["readers"] = sorted(wrapped)
+            mblob = objects.sign_manifest(ident, manifest)
+            self.blobs.put(self._key(oid.hex(), "manifest"), mblob)
+            digest = hashlib.sha256(mblob).hexdigest()
+            self.records.append(
+                state, ident, "publish", version=version, object_id=oid.hex(),
+                manifest_sha256=digest, readers=sorted(wrapped),
+            )  # fmt: skip
+            self.index.add_version(db, manifest, len(plain), digest, sorted(wrapped))
             self.audit.append(
-                db, action, team, f"{name}@{version}", digest, readers=sorted(publics)
+                db, action, team, f"{name}@{version}", digest, readers=sorted(wrapped)
             )
-        ref = AdapterRef(name, version)
-        if self.hub is not None:
-            self.hub.pm.hook.adapter_published(ref=ref, team=team, manifest=manifest)
-        return ref
+        return AdapterRef(name, version)
+
+    def _claimed(self, name: str, ident: Identity) -> NameState:
+        """The state of ``name`` for a push by ``ident``'s team, claiming a new name."""
+        state = self.records.load(name)
+        if state is None:
+            return self.records.claim(name, ident)
+        if state.name != name:
+            raise ValidationError(
+                f"adapter name {name!r} collides with existing {state.name!r} "
+                "(names differ only by case): use the existing name or another"
+            )
+        if state.owner != ident.team:
+            raise AccessError(f"adapter {name!r} belongs to team {state.owner!r}")
+        return state
+
+    def _wrap_for(self, teams: set[str], data_key: bytes, oid: bytes, version: int) -> set[str]:
+        """Store the data key wrapped for each of ``teams`` (trusted keys only)."""
+        for t in sorted(teams):
+            self.blobs.put(
+                self._key(oid.hex(), f"keys/{t}"),
+                objects.wrap_key(self._public_of(t), data_key, oid, version),
+            )
+        return set(teams)
 
     def pull(
         self, ref: AdapterRef, *, team: str | None = None, where: str = "cli"
     ) -> AdapterPayload:
-        """Verify signature, trust and every hash, decrypt in memory, and return the adapter."""
+        """Verify the owner's records, signature, trust and every hash; decrypt in memory."""
         team = self._acting(team)
-        with self.index.read() as db:
-            row = self._resolve(db, ref, team)
-        manifest, key = self._open(row, team)
-        resolved = AdapterRef(row["name"], row["version"])
+        state, version = self._resolve(ref, team)
+        manifest = self._manifest(state, version)
+        key = self._data_key(state, version, team)
+        resolved = AdapterRef(state.name, version)
         # The entry records the data key's release to `team`; it is made durable while
         # the payload decrypts, and no byte is returned before it is committed.
-        digest = row["manifest_sha256"]
+        digest = state.versions[version].manifest_sha256
         entry = self.audit.record_in_background("pull", team, str(resolved), digest, where=where)
         try:
-            files = self._decrypt(row, manifest, key)
+            files = self._decrypt(state, version, manifest, key)
         except BaseException as exc:
             entry.result()
             if isinstance(exc, HubError):  # a tampered payload leaves a trace too
                 self.audit.record("pull-refused", team, str(resolved), digest, error=str(exc))
             raise
         entry.result()
-        if self.hub is not None:
-            self.hub.pm.hook.adapter_loaded(ref=resolved, team=team, where=where)
-        return AdapterPayload(row["name"], files, row["version"], manifest)
+        return AdapterPayload(state.name, files, version, manifest)
 
     def verify(self, ref: AdapterRef, *, team: str | None = None) -> dict[str, Any]:
         """Run every check a pull runs, without keeping the plaintext; returns a summary."""
         team = self._acting(team)
-        with self.index.read() as db:
-            row = self._resolve(db, ref, team)
-        manifest, key = self._open(row, team)
-        files = self._decrypt(row, manifest, key)
+        state, version = self._resolve(ref, team)
+        manifest = self._manifest(state, version)
+        files = self._decrypt(state, version, manifest, self._data_key(state, version, team))
         return {
-            "ref": f"{row['name']}@{row['version']}",
-            "publisher": row["publisher"],
+            "ref": f"{state.name}@{version}",
+            "publisher": state.owner,
             "files": len(files),
             "bytes": sum(len(b) for b in files.values()),
             "ok": True,
@@ -361,34 +388,46 @@ class Vault:
     def show(self, ref: AdapterRef, *, team: str | None = None) -> dict[str, Any]:
         """The verified manifest of ``ref`` and who can read it (no decryption)."""
         team = self._acting(team)
-        with self.index.read() as db:
-            row = self._resolve(db, ref, team)
-            grants = self.index.grants(db, row["object_id"])
-        manifest, _ = self._open(row, team)
-        return {"manifest": manifest, "readers": grants}
+        state, version = self._resolve(ref, team)
+        readers = state.readers(version)
+        grants = {t: "active" if t in readers else "revoked" for t in sorted(state.ever)}
+        return {"manifest": self._manifest(state, version), "readers": grants}
 
     def list(self, *, team: str | None = None) -> list[AdapterRecord]:
-        """Every version the acting team holds an active grant for."""
+        """Every live version the owners' signed records let the acting team read."""
         team = self._acting(team)
-        with self.index.read() as db:
-            rows = self.index.visible(db, team)
-        return [
-            AdapterRecord(
-                name=r["name"],
-                version=r["version"],
-                team=r["publisher"],
-                created=r["created"],
-                size=r["size"],
-                base_fingerprint=r["base_fingerprint"],
-                shared_with=r["shared_with"],
-            )
-            for r in rows
-        ]
+        out = []
+        for key in self.records.names():
+            try:
+                state = self.records.load(key)
+            except HubError:
+                continue  # untrusted owner or altered records: nothing in it is readable
+            if state is None or team not in state.ever:
+                continue
+            for v in state.live():
+                readers = state.readers(v)
+                if team not in readers:
+                    continue
+                try:
+                    m = self._manifest(state, v)
+                except HubError:
+                    continue
+                out.append(
+                    AdapterRecord(
+                        name=state.name,
+                        version=v,
+                        team=state.owner,
+                        created=m["created"],
+                        size=sum(f["size"] for f in m["files"]),
+                        base_fingerprint=m.get("base_fingerprint"),
+                        shared_with=tuple(sorted(readers)),
+                    )
+                )
+        return sorted(out, key=lambda r: (r.name, r.version))
 
     def share(self, ref: AdapterRef, *, team: str | None = None, with_team: str) -> AdapterRef:
         """Wrap the data key of ``ref`` (every version when unversioned) for ``with_team``.
 
-        The payload and manifest are untouched; later pushes include ``with_team``.
         See :func:`plugins.vault.sharing.share`.
         """
         return sharing.share(self, ref, self._acting(team), check_team_name(with_team))
@@ -403,29 +442,46 @@ class Vault:
     def delete(self, ref: AdapterRef, *, team: str | None = None) -> None:
         """Remove one version, or every version when ``ref.version`` is None (owner only).
 
-        Version numbers are never reused afterwards.
+        Version numbers are never reused afterwards. See :func:`plugins.vault.sharing.delete`.
         """
-        team = self._acting(team)
+        sharing.delete(self, ref, self._acting(team))
+
+    # -- the index is a cache ------------------------------------------------------------
+    def reindex(self, *, team: str | None = None) -> dict[str, Any]:
+        """Rebuild the index's names, versions and grants from the signed records alone.
+
+        Returns ``{"names": n, "versions": n, "skipped": {name: reason}}``; a
+        name whose owner is not trusted here, or whose records do not verify,
+        is skipped (left out of the index). The audit head is kept.
+        """
+        rows, skipped = [], {}
+        for key in self.records.names():
+            try:
+                state = self.records.load(key)
+                assert state is not None
+                manifests = {v: self._manifest(state, v) for v in state.live()}
+            except HubError as exc:
+                skipped[key] = str(exc)
+                continue
+            rows.append((state, manifests))
         with self.index.write() as db:
-            self._owned(db, ref.name, team)
-            rows = self.index.versions_of(db, ref.name)
-            if ref.version is not None:
-                rows = [r for r in rows if r["version"] == ref.version]
-            if not rows:
-                raise UnknownNameError(f"no adapter {ref} in this vault")
-            for r in rows:
-                db.execute("DELETE FROM versions WHERE object_id = ?", (r["object_id"],))
-                db.execute("DELETE FROM grants WHERE object_id = ?", (r["object_id"],))
-                self.audit.append(
-                    db, "delete", team, f"{r['name']}@{r['version']}", r["manifest_sha256"]
-                )
-        for r in rows:
-            for key in self.blobs.keys(f"objects/{r['object_id']}/"):
-                self.blobs.delete(key)
+            self.index.rebuild(db, rows)
+            self.audit.append(db, "reindex", team or self.team or "-", "", "", names=len(rows))
+        return {
+            "names": len(rows),
+            "versions": sum(len(m) for _, m in rows),
+            "skipped": skipped,
+        }
 
     def orphans(self) -> list[str]:
-        """Object ids with blobs but no index row (left by interrupted pushes)."""
-        with self.index.read() as db:
-            known = {r[0] for r in db.execute("SELECT object_id FROM versions")}
+        """Object ids with blobs but no signed publish record (left by interrupted pushes)."""
+        known = set()
+        for key in self.records.names():
+            try:
+                state = self.records.load(key)
+            except HubError:
+                continue
+            if state is not None:
+                known |= {g.object_id for g in state.versions.values()}
         found = {k.split("/")[1] for k in self.blobs.keys("objects/")}
         return sorted(found - known)

@@ -8,18 +8,22 @@ module body. Keys look like ``objects/<object id>/payload``.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import mmap
 import os
 import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
-from hub.atomic import atomic_write, fsync_dir
 from hub.errors import ConfigError, IntegrityError
 
-_KEY_RE = re.compile(r"^[a-z0-9_-]+(/[a-z0-9_.-]+)*$")
+_KEY_RE = re.compile(r"[a-z0-9_-]+(/[a-z0-9_.-]+)*", re.ASCII)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+_NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 
 
 @runtime_checkable
@@ -46,13 +50,19 @@ class BlobStore(Protocol):
 
 def check_key(key: str) -> str:
     """Refuse keys that could escape the store (``..``, absolute, odd characters)."""
-    if not _KEY_RE.match(key) or ".." in key:
+    if not isinstance(key, str) or not _KEY_RE.fullmatch(key) or ".." in key:
         raise ValueError(f"invalid blob key {key!r}")
     return key
 
 
 class FileBlobStore:
-    """``file://`` blobs: one file per key, written with temp file + fsync + rename."""
+    """``file://`` blobs: one file per key, written with temp file + fsync + rename.
+
+    Every access walks from the root one folder at a time with ``O_NOFOLLOW``
+    (``openat``), so a symbolic link anywhere below the root is refused, not
+    followed: someone who can write the folder cannot make a read, a write or
+    a delete land outside it.
+    """
 
     def __init__(self, url: str) -> None:
         parsed = urlparse(url)
@@ -60,75 +70,169 @@ class FileBlobStore:
         self.root = Path(unquote(parsed.path))
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def _path(self, key: str) -> Path:
-        return self.root / check_key(key)
+    def _refused(self, key: str) -> IntegrityError:
+        return IntegrityError(
+            f"blob {key} in {self.url} passes through a symbolic link or a non-regular file: "
+            "the vault was altered outside qlora-hub; remove it"
+        )
+
+    def _open_dir(self, parts: list[str], key: str, create: bool = False) -> int | None:
+        """A descriptor of the folder ``root/parts...``, never through a link (None: absent)."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for part in parts:
+                if create:
+                    try:
+                        os.mkdir(part, 0o700, dir_fd=fd)
+                        os.fsync(fd)  # the new folder survives a power cut with the blob
+                    except FileExistsError:
+                        pass
+                try:
+                    sub = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    os.close(fd)
+                    return None
+                except (NotADirectoryError, OSError) as exc:
+                    if isinstance(exc, NotADirectoryError) or exc.errno == errno.ELOOP:
+                        raise self._refused(key) from None
+                    raise
+                os.close(fd)
+                fd = sub
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _open_file(self, key: str) -> int:
+        """A read descriptor of the regular file under ``key`` (never through a link)."""
+        *parts, name = check_key(key).split("/")
+        folder = self._open_dir(parts, key)
+        if folder is None:
+            raise self._missing(key)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=folder)
+        except FileNotFoundError:
+            raise self._missing(key) from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise self._refused(key) from None
+            raise
+        finally:
+            os.close(folder)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise self._refused(key)
+        return fd
+
+    def _missing(self, key: str) -> IntegrityError:
+        return IntegrityError(
+            f"blob {key} is missing from {self.url}: the vault was altered outside qlora-hub"
+        )
 
     def put(self, key: str, data: bytes) -> None:
-        """Atomic durable write (see :func:`hub.atomic.atomic_write`).
+        """Atomic durable write: temp file, fsync, rename, fsync the folder.
 
         Folders created on the way are fsynced into their parents too, so the
         blob survives a power cut once the index says it exists.
         """
-        path = self._path(key)
-        created = []
-        parent = path.parent
-        while not parent.exists():
-            created.append(parent)
-            parent = parent.parent
-        for folder in reversed(created):
-            folder.mkdir(exist_ok=True)
-        atomic_write(path, data, mode=0o600)
-        for folder in created:
-            fsync_dir(folder.parent)
+        *parts, name = check_key(key).split("/")
+        folder = self._open_dir(parts, key, create=True)
+        assert folder is not None
+        tmp = f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+        try:
+            fd = os.open(tmp, _NEW_FLAGS, 0o600, dir_fd=folder)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+            os.fsync(folder)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=folder)
+            raise
+        finally:
+            os.close(folder)
 
     def get(self, key: str) -> bytes:
-        """Read the whole blob."""
-        try:
-            return self._path(key).read_bytes()
-        except FileNotFoundError:
-            raise IntegrityError(
-                f"blob {key} is missing from {self.url}: the vault was altered outside qlora-hub"
-            ) from None
+        """Read the whole blob (a regular file, not through a link)."""
+        with os.fdopen(self._open_file(key), "rb") as fh:
+            return fh.read()
 
     def view(self, key: str) -> memoryview:
         """A read-only memory map of the blob (no copy; used for large payloads)."""
+        fd = self._open_file(key)
         try:
-            with open(self._path(key), "rb") as fh:
-                if os.fstat(fh.fileno()).st_size == 0:
-                    return memoryview(b"")
-                return memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
-        except FileNotFoundError:
-            raise IntegrityError(
-                f"blob {key} is missing from {self.url}: the vault was altered outside qlora-hub"
-            ) from None
+            if os.fstat(fd).st_size == 0:
+                return memoryview(b"")
+            return memoryview(mmap.mmap(fd, 0, access=mmap.ACCESS_READ))
+        finally:
+            os.close(fd)
 
     def exists(self, key: str) -> bool:
-        """Whether the blob file exists."""
-        return self._path(key).is_file()
+        """Whether the blob is a regular file (a link is refused)."""
+        try:
+            os.close(self._open_file(key))
+        except IntegrityError as exc:
+            if "missing" in str(exc):
+                return False
+            raise
+        return True
 
     def delete(self, key: str) -> None:
-        """Unlink the blob and drop now-empty folders."""
-        path = self._path(key)
-        path.unlink(missing_ok=True)
-        for parent in path.parents:
-            if parent == self.root:
-                break
+        """Unlink the blob inside the root and drop now-empty folders (never through a link)."""
+        *parts, name = check_key(key).split("/")
+        folder = self._open_dir(parts, key)
+        if folder is None:
+            return
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=folder)  # unlink removes a link itself, never its target
+        finally:
+            os.close(folder)
+        for depth in range(len(parts), 0, -1):  # drop empty folders, deepest first
+            parent = self._open_dir(parts[: depth - 1], key)
+            if parent is None:
+                return
             try:
-                parent.rmdir()
+                os.rmdir(parts[depth - 1], dir_fd=parent)
             except OSError:
-                break
+                return
+            finally:
+                os.close(parent)
 
     def keys(self, prefix: str) -> list[str]:
-        """Keys under ``prefix``; temp files from interrupted writes are skipped."""
-        base = self.root / prefix if prefix else self.root
-        if not base.exists():
+        """Keys under ``prefix``; temp files are skipped; a link anywhere is refused."""
+        parts = [p for p in prefix.split("/") if p]
+        if parts:
+            check_key("/".join(parts))
+        folder = self._open_dir(parts, prefix)
+        if folder is None:
             return []
-        out = []
-        for dirpath, _, files in os.walk(base):
-            for f in files:
-                if not f.endswith(".tmp"):
-                    out.append(str(Path(dirpath, f).relative_to(self.root)))
+        out: list[str] = []
+        try:
+            self._walk(folder, parts, out)
+        finally:
+            os.close(folder)
         return sorted(out)
+
+    def _walk(self, folder: int, parts: list[str], out: list[str]) -> None:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                key = "/".join([*parts, entry.name])
+                if entry.is_symlink():
+                    raise self._refused(key)
+                if entry.is_dir(follow_symlinks=False):
+                    sub = os.open(entry.name, _DIR_FLAGS, dir_fd=folder)
+                    try:
+                        self._walk(sub, [*parts, entry.name], out)
+                    finally:
+                        os.close(sub)
+                elif entry.is_file(follow_symlinks=False) and not entry.name.endswith(".tmp"):
+                    out.append(key)
 
 
 BLOB_SCHEMES: dict[str, Callable[[str], BlobStore]] = {"file": FileBlobStore}

@@ -127,8 +127,8 @@ def decrypt_files(
             if inside:
                 dst = views[first][at - start : at - start + size]
             else:  # the chunk straddles files: decrypt to scratch, then copy the pieces
-                if scratch is None:
-                    scratch = memoryview(bytearray(head.chunk_size))
+                if scratch is None:  # sizes were checked against the blob's real length
+                    scratch = memoryview(bytearray(max(sizes)))
                 dst = scratch[:size]
             try:
                 aes.decrypt_into(nonce, body, aad, dst)

@@ -1,10 +1,14 @@
-"""The vault's SQLite index: names, versions, per-team grants, the audit head.
+"""The vault's SQLite index: a cache of names, versions and grants, and the audit head.
 
-The index is the source of truth for what exists: a version becomes visible
-only when its row commits, after all its blobs are durable, so a crashed
-push leaves nothing listed. Every write is one ``BEGIN IMMEDIATE``
-transaction, which serializes writers across processes. No secret ever
-goes in here: only names, ids, hashes and team names.
+Nothing here decides anything: who owns a name and who may read which
+version come from the owners' signed records (:mod:`hub.grants`), and
+``Vault.reindex`` rebuilds ``names``, ``versions`` and ``grants`` from them,
+so a deleted, rolled-back or edited index can neither grant nor un-revoke.
+What the index does hold authoritatively is the audit log's head, and
+``names.last_version`` reserves version numbers between a push's two write
+transactions. Every write is one ``BEGIN IMMEDIATE`` transaction, which
+serializes writers (and appenders of signed records) across processes. No
+secret ever goes in here: only names, ids, hashes and team names.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from hub.names import collision_key
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS names (
@@ -103,7 +109,71 @@ class Index:
             finally:
                 db.execute("COMMIT")
 
-    # -- queries used by the backend ------------------------------------------------
+    # -- the cache, written by the backend -------------------------------------------
+    def last_version(self, db: sqlite3.Connection, name: str) -> int:
+        """The highest version number reserved for ``name`` (0: none)."""
+        row = self.name_row(db, collision_key(name))
+        return int(row["last_version"]) if row else 0
+
+    def reserve(self, db: sqlite3.Connection, name: str, owner: str, version: int) -> None:
+        """Record ``version`` as reserved for ``name`` (owned by ``owner``)."""
+        db.execute(
+            "INSERT INTO names VALUES (?, ?, ?, ?) ON CONFLICT(name_key) DO UPDATE SET "
+            "name = excluded.name, owner = excluded.owner, last_version = excluded.last_version",
+            (collision_key(name), name, owner, version),
+        )
+
+    def add_version(
+        self,
+        db: sqlite3.Connection,
+        manifest: dict[str, Any],
+        size: int,
+        manifest_sha256: str,
+        readers: list[str],
+    ) -> None:
+        """Cache one published version and its readers."""
+        oid = manifest["object_id"]
+        db.execute(
+            "INSERT OR REPLACE INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                manifest["name"],
+                manifest["version"],
+                oid,
+                manifest["publisher"],
+                manifest["created"],
+                size,
+                manifest.get("base_fingerprint"),
+                manifest_sha256,
+            ),
+        )
+        db.executemany(
+            "INSERT OR REPLACE INTO grants VALUES (?, ?, 'active')", [(oid, t) for t in readers]
+        )
+
+    def set_grant(self, db: sqlite3.Connection, object_id: str, team: str, state: str) -> None:
+        """Cache ``team``'s grant on one object as 'active' or 'revoked'."""
+        db.execute("INSERT OR REPLACE INTO grants VALUES (?, ?, ?)", (object_id, team, state))
+
+    def remove_version(self, db: sqlite3.Connection, object_id: str) -> None:
+        """Drop a deleted version from the cache."""
+        db.execute("DELETE FROM versions WHERE object_id = ?", (object_id,))
+        db.execute("DELETE FROM grants WHERE object_id = ?", (object_id,))
+
+    def rebuild(self, db: sqlite3.Connection, states: list[tuple[Any, dict[int, Any]]]) -> None:
+        """Replace names, versions and grants with what ``(NameState, {version: manifest})``
+        pairs prove (see ``Vault.reindex``)."""
+        for table in ("names", "versions", "grants"):
+            db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+        for state, manifests in states:
+            self.reserve(db, state.name, state.owner, state.last_version)
+            for version, manifest in manifests.items():
+                grant = state.versions[version]
+                size = sum(f["size"] for f in manifest["files"])
+                self.add_version(db, manifest, size, grant.manifest_sha256, sorted(grant.readers))
+                for team in state.revoked - grant.readers:
+                    self.set_grant(db, grant.object_id, team, "revoked")
+
+    # -- queries (inspection and tests; decisions use the signed records) -------------
     def name_row(self, db: sqlite3.Connection, name_key: str) -> sqlite3.Row | None:
         """The ``names`` row for a casefolded name."""
         return db.execute("SELECT * FROM names WHERE name_key = ?", (name_key,)).fetchone()

@@ -35,6 +35,8 @@ MAGIC = b"QHVP"
 FORMAT = 1
 _HEADER = struct.Struct(">4sB16sIIIQ")
 NONCE, TAG = 12, 16
+MIN_CHUNK, MAX_CHUNK = 1024, 1 << 30
+"""Chunk sizes a payload header may state (``vault.chunk_size`` must be inside too)."""
 MANIFEST_FORMAT = "qlora-hub-manifest/1"
 
 
@@ -65,10 +67,21 @@ class PayloadHeader:
         if len(blob) < _HEADER.size:
             raise IntegrityError("payload is truncated: the header is incomplete")
         magic, fmt, oid, version, chunk_size, chunks, length = _HEADER.unpack_from(blob)
-        expect = -(-length // chunk_size) if chunk_size else -1
-        if magic != MAGIC or fmt != FORMAT or chunks != max(expect, 1):
-            raise IntegrityError("payload header is corrupt (magic, format or chunk count)")
+        if magic != MAGIC or fmt != FORMAT:
+            raise IntegrityError("payload header is corrupt (magic or format)")
+        if not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
+            raise IntegrityError(
+                f"payload header is corrupt: chunk size {chunk_size} is outside "
+                f"{MIN_CHUNK}..{MAX_CHUNK}"
+            )
+        if chunks != max(-(-length // chunk_size), 1):
+            raise IntegrityError("payload header is corrupt: chunk count does not match length")
         return cls(oid, version, chunk_size, chunks, length)
+
+    @property
+    def blob_size(self) -> int:
+        """The exact byte length of a payload blob with this header (computed, not allocated)."""
+        return _HEADER.size + self.length + self.chunks * (NONCE + TAG)
 
 
 def chunk_aad(header: bytes, index: int, last: bool) -> bytes:
@@ -125,18 +138,22 @@ def check_layout(
     head = PayloadHeader.unpack(blob)
     if head.object_id != object_id or head.version != version:
         raise IntegrityError("payload belongs to another object or version: blobs were swapped")
-    sizes = _sizes(head)
-    if len(blob) != _HEADER.size + sum(s + NONCE + TAG for s in sizes):
+    # Every length is checked against the blob's real size before anything is allocated:
+    # a header claiming 2**40 one-byte chunks fails here, not in a 2**40-entry list.
+    if len(blob) != head.blob_size:
         raise IntegrityError(
             "payload length does not match its header: chunks were truncated, dropped or added"
         )
-    return head, sizes, bytes(blob[: _HEADER.size])
+    return head, _sizes(head), bytes(blob[: _HEADER.size])
 
 
 def chunk_nonces(blob: bytes) -> list[bytes]:
     """The nonce of every chunk (for audits and the nonce-uniqueness test)."""
+    head = PayloadHeader.unpack(blob)
+    if len(blob) != head.blob_size:
+        raise IntegrityError("payload length does not match its header")
     pos, out = _HEADER.size, []
-    for size in _sizes(PayloadHeader.unpack(blob)):
+    for size in _sizes(head):
         out.append(bytes(blob[pos : pos + NONCE]))
         pos += NONCE + size + TAG
     return out

@@ -1,17 +1,21 @@
-"""Sharing and revocation: who holds a wrapped data key for which version.
+"""Sharing, revocation and deletion: owner-signed records first, then the blobs.
 
-Sharing wraps an existing data key for one more team and leaves the payload
-and manifest untouched. Revocation cannot take back a key a team already
-unwrapped, so it re-encrypts the content under a fresh data key for the
-remaining teams as a new version, then marks the revoked team's grants and
-deletes its wrapped keys on every version.
+Sharing wraps an existing data key for one more team and appends a signed
+``share`` record; the payload and manifest are untouched. Revocation cannot
+take back a key a team already unwrapped, so it appends a signed ``revoke``
+record (from then on no version is served to that team, whatever the index
+says), re-encrypts the content under a fresh data key for the remaining
+teams as a new version, and deletes the revoked team's wrapped keys.
+Deletion appends a signed ``delete`` record, then removes the objects.
+Every step runs under the index's write lock, which serializes appenders.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hub.errors import UnknownNameError, ValidationError
+from hub.grants import NameState
 from hub.teams import trusted
 from hub.types import AdapterPayload, AdapterRef
 from plugins.vault import objects
@@ -20,87 +24,96 @@ if TYPE_CHECKING:
     from plugins.vault.backend import Vault
 
 
-def _targets(vault: Vault, db: Any, ref: AdapterRef, team: str) -> list[Any]:
-    """Versions ``ref`` covers: one, or every version ``team`` reads when unversioned."""
+def _targets(state: NameState, ref: AdapterRef) -> list[int]:
+    """Versions ``ref`` covers: one, or every live version when unversioned."""
+    live = state.live()
     if ref.version is None:
-        rows = [
-            r
-            for r in vault.index.versions_of(db, ref.name)
-            if vault.index.grants(db, r["object_id"]).get(team) == "active"
-        ]
-        if not rows:
+        if not live:
             raise UnknownNameError(f"adapter {ref.name!r} has no versions")
-        return rows
-    return [vault._resolve(db, ref, team)]
+        return live
+    if ref.version not in live:
+        raise UnknownNameError(f"no adapter {ref} in this vault")
+    return [ref.version]
 
 
 def share(vault: Vault, ref: AdapterRef, team: str, with_team: str) -> AdapterRef:
     """Owner ``team`` lets ``with_team`` read ``ref``; returns the newest version shared."""
-    with vault.index.read() as db:
-        vault._owned(db, ref.name, team)
-        rows = _targets(vault, db, ref, team)
     pub = trusted(vault.home, with_team)
-    for row in rows:
-        _, key = vault._open(row, team)
-        oid = row["object_id"]
-        vault.blobs.put(
-            vault._key(oid, f"keys/{with_team}"),
-            objects.wrap_key(pub, key, bytes.fromhex(oid), row["version"]),
-        )
-        with vault.index.write() as db:
-            db.execute(
-                "INSERT INTO grants VALUES (?, ?, 'active') ON CONFLICT(object_id, team) "
-                "DO UPDATE SET state = 'active'",
-                (oid, with_team),
+    ident = vault.identity(team, "sign")
+    with vault.index.write() as db:
+        state = vault._owned(ref.name, team)
+        versions = _targets(state, ref)
+        for v in versions:  # wrap first: the record below is what makes the key usable
+            vault._manifest(state, v)
+            oid = state.versions[v].object_id
+            key = vault._data_key(state, v, team)
+            vault.blobs.put(
+                vault._key(oid, f"keys/{with_team}"),
+                objects.wrap_key(pub, key, bytes.fromhex(oid), v),
             )
+        state = vault.records.append(state, ident, "share", team=with_team, versions=versions)
+        for v in versions:
+            vault.index.set_grant(db, state.versions[v].object_id, with_team, "active")
             vault.audit.append(
                 db,
                 "share",
                 team,
-                f"{row['name']}@{row['version']}",
-                row["manifest_sha256"],
+                f"{state.name}@{v}",
+                state.versions[v].manifest_sha256,
                 with_team=with_team,
             )
-    return AdapterRef(rows[-1]["name"], rows[-1]["version"])
+    return AdapterRef(state.name, versions[-1])
 
 
 def revoke(vault: Vault, ref: AdapterRef, team: str, from_team: str) -> AdapterRef:
     """Owner ``team`` cuts ``from_team`` off ``ref.name``.
 
-    Re-encrypts the latest version (or ``ref.version``) under a new data key for
-    the remaining readers as a new version, then revokes ``from_team``'s grants
-    and deletes its wrapped keys on every version. Returns the new version.
+    Appends the signed revoke record, re-encrypts the latest version (or
+    ``ref.version``) under a new data key for the remaining readers as a new
+    version, and deletes ``from_team``'s wrapped keys on every version.
+    Returns the new version.
     """
     if from_team == team:
         raise ValidationError("a team cannot revoke its own access: delete the adapter instead")
-    with vault.index.read() as db:
-        vault._owned(db, ref.name, team)
-        row = vault._resolve(db, ref, team)
-        every = vault.index.versions_of(db, row["name"])
-        if not any(vault.index.grants(db, r["object_id"]).get(from_team) for r in every):
-            raise UnknownNameError(f"team {from_team!r} was never given {row['name']!r}")
-        readers = {
-            t
-            for t, s in vault.index.grants(db, row["object_id"]).items()
-            if s == "active" and t != from_team
-        }
-    source = vault.pull(AdapterRef(row["name"], row["version"]), team=team, where="revoke")
+    ident = vault.identity(team, "sign")
+    with vault.index.write() as db:
+        state = vault._owned(ref.name, team)
+        if from_team not in state.ever:
+            raise UnknownNameError(f"team {from_team!r} was never given {state.name!r}")
+        source = _targets(state, ref)[-1] if ref.version is not None else state.latest()
+        if source is None:
+            raise UnknownNameError(f"adapter {ref.name!r} has no versions")
+        state = vault.records.append(state, ident, "revoke", team=from_team)
+        for g in state.versions.values():
+            vault.index.set_grant(db, g.object_id, from_team, "revoked")
+        vault.audit.append(db, "revoke", team, state.name, "", from_team=from_team)
+    readers = state.readers(source)
+    old = vault.pull(AdapterRef(state.name, source), team=team, where="revoke")
     new = vault._store(
-        AdapterPayload(source.name, source.files, None, source.manifest),
+        AdapterPayload(old.name, old.files, None, old.manifest),
         team,
-        source.manifest.get("metadata"),
-        (),
+        old.manifest.get("metadata"),
+        [],
         readers,
         action="revoke-reencrypt",
     )
-    with vault.index.write() as db:
-        oids = [r["object_id"] for r in vault.index.versions_of(db, row["name"])]
-        for oid in oids:
-            db.execute(
-                "UPDATE grants SET state = 'revoked' WHERE object_id = ? AND team = ?",
-                (oid, from_team),
-            )
-        vault.audit.append(db, "revoke", team, str(new), "", from_team=from_team)
-    for oid in oids:
-        vault.blobs.delete(vault._key(oid, f"keys/{from_team}"))
+    for g in state.versions.values():
+        vault.blobs.delete(vault._key(g.object_id, f"keys/{from_team}"))
     return new
+
+
+def delete(vault: Vault, ref: AdapterRef, team: str) -> None:
+    """Owner ``team`` removes one version, or every version when unversioned."""
+    ident = vault.identity(team, "sign")
+    with vault.index.write() as db:
+        state = vault._owned(ref.name, team)
+        versions = _targets(state, ref)
+        state = vault.records.append(state, ident, "delete", versions=versions)
+        for v in versions:
+            g = state.versions[v]
+            vault.index.remove_version(db, g.object_id)
+            vault.audit.append(db, "delete", team, f"{state.name}@{v}", g.manifest_sha256)
+    for v in versions:
+        oid = state.versions[v].object_id
+        for key in vault.blobs.keys(f"objects/{oid}/"):
+            vault.blobs.delete(key)

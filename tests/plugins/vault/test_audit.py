@@ -32,9 +32,9 @@ def test_every_action_is_recorded_with_actor_and_hash(logged):
         ("push", "alpha", "upper@1"),
         ("share", "alpha", "upper@1"),
         ("pull", "beta", "upper@1"),
+        ("revoke", "alpha", "upper"),  # the signed revoke record comes first
         ("pull", "alpha", "upper@1"),  # revoke reads the source version
         ("revoke-reencrypt", "alpha", "upper@2"),
-        ("revoke", "alpha", "upper@2"),
         ("delete", "alpha", "upper@1"),
     ]
     assert all(len(e["object_sha256"]) in (0, 64) for e in entries)

@@ -50,7 +50,15 @@ def test_vault_runs_over_a_plugin_blob_scheme(home, mem_scheme):
     ref = vault.push(sample_adapter("upper"))
     assert vault.pull(ref).files == sample_adapter("upper").files
     stored = MemoryBlobs.stores[mem_scheme]
-    assert sorted(k.rsplit("/", 1)[-1] for k in stored) == ["alpha", "manifest", "payload"]
+    assert sorted(k.rsplit("/", 1)[-1] for k in stored if k.startswith("objects/")) == [
+        "alpha",
+        "manifest",
+        "payload",
+    ]
+    assert sorted(k for k in stored if k.startswith("names/")) == [
+        "names/upper/00000000",  # alpha's signed claim of the name
+        "names/upper/00000001",  # its signed publish record of upper@1
+    ]
     assert not (home / "storage" / "vault" / "blobs").exists()
 
 

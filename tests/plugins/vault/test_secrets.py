@@ -31,9 +31,7 @@ def test_every_version_gets_a_fresh_data_key(vault):
     keys = set()
     for seed in range(5):
         ref = vault.push(sample_adapter("upper", seed))
-        with vault.index.read() as db:
-            row = vault.index.version_row(db, "upper", ref.version)
-        keys.add(vault._open(row, "alpha")[1])
+        keys.add(vault._data_key(vault.state("upper"), ref.version, "alpha"))
     assert len(keys) == 5
 
 
@@ -46,11 +44,11 @@ def _secrets(home, vault):
             for k in ("ed25519", "x25519", "mldsa65", "mlkem768"):
                 raw = base64.b64decode(bundle["bundle"][k])
                 out += [raw, raw.hex().encode(), bundle["bundle"][k].encode()]
-    with vault.index.read() as db:
-        rows = db.execute("SELECT * FROM versions").fetchall()
-    for row in rows:
-        key = vault._open(row, "alpha")[1]
-        out += [key, key.hex().encode(), base64.b64encode(key)]
+    for name in vault.records.names():
+        state = vault.state(name)
+        for version in state.live():
+            key = vault._data_key(state, version, "alpha")
+            out += [key, key.hex().encode(), base64.b64encode(key)]
     return out
 
 

@@ -1,0 +1,122 @@
+"""Where the vault keeps each name's signed records (:mod:`hub.grants`), and its rollback pins.
+
+Records are blobs ``names/<casefolded name>/<seq, 8 digits>``, written once
+and never rewritten. :class:`NameRecords` lists and replays them, and
+appends new ones (callers hold the index's write lock, which serializes
+appenders). Every home that reads a name remembers the newest record it
+verified (``<home>/pins/<store id>/<name>``): if the storage later shows
+fewer records, or other ones, the name is refused instead of quietly
+returning to an older state (a revocation dropped, say).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from hub.atomic import atomic_write
+from hub.errors import IntegrityError
+from hub.grants import NameState, claim_record, digest, replay, sign_record
+from hub.identity import Identity, PublicIdentity
+from hub.names import collision_key
+from plugins.vault.blobs import BlobStore
+
+_SEQ = re.compile(r"[0-9]{8}", re.ASCII)
+
+
+class NameRecords:
+    """The signed records of every name in one blob store."""
+
+    def __init__(
+        self, blobs: BlobStore, public_of: Callable[[str], PublicIdentity], pins: Path | None
+    ) -> None:
+        self.blobs = blobs
+        self.public_of = public_of
+        store_id = hashlib.sha256(blobs.url.encode()).hexdigest()[:16]
+        self.pins = Path(pins) / store_id if pins else None
+        self._verified: set[tuple[str, str]] = set()
+
+    @staticmethod
+    def prefix(name: str) -> str:
+        """Blob-key folder of ``name``'s records (case-insensitive, like name collisions)."""
+        return f"names/{collision_key(name)}/"
+
+    def names(self) -> list[str]:
+        """Casefolded names that have records."""
+        return sorted({k.split("/")[1] for k in self.blobs.keys("names/")})
+
+    def _blobs(self, name: str) -> list[bytes]:
+        prefix = self.prefix(name)
+        keys = self.blobs.keys(prefix)
+        seqs = [k[len(prefix) :] for k in keys]
+        if any(not _SEQ.fullmatch(s) for s in seqs) or seqs != [
+            f"{i:08d}" for i in range(len(keys))
+        ]:
+            raise IntegrityError(
+                f"signed records of adapter {name!r} have gaps or foreign files: the storage "
+                "was altered outside qlora-hub"
+            )
+        return [self.blobs.get(k) for k in keys]
+
+    def load(self, name: str) -> NameState | None:
+        """The verified state of ``name`` (None: no team ever published it)."""
+        blobs = self._blobs(name)
+        pinned = self._pin(name)
+        if pinned is not None:
+            seq, head = pinned
+            if len(blobs) <= seq or digest(blobs[seq]) != head:
+                raise IntegrityError(
+                    f"signed records of adapter {name!r} were rolled back or replaced (this home "
+                    f"verified record {seq} before): the storage was altered outside qlora-hub; "
+                    "restore it from a backup"
+                )
+        if not blobs:
+            return None
+        state = replay(blobs, self.public_of, self._verified)
+        if pinned is None or state.seq > pinned[0]:
+            self._write_pin(name, state)
+        return state
+
+    def claim(self, name: str, identity: Identity) -> NameState:
+        """Record 0: ``identity``'s team owns ``name`` (caller holds the write lock)."""
+        blob = sign_record(identity, claim_record(name, identity.public))
+        self.blobs.put(f"{self.prefix(name)}{0:08d}", blob)
+        return self._reload(name)
+
+    def append(
+        self, state: NameState, identity: Identity, action: str, **fields: object
+    ) -> NameState:
+        """Sign and store the next record of ``state``; returns the new state."""
+        blob = sign_record(identity, state.record(action, **fields))
+        self.blobs.put(f"{self.prefix(state.name)}{state.seq + 1:08d}", blob)
+        return self._reload(state.name)
+
+    def _reload(self, name: str) -> NameState:
+        state = self.load(name)
+        assert state is not None
+        return state
+
+    # -- pins ---------------------------------------------------------------------------
+    def _pin_path(self, name: str) -> Path | None:
+        return self.pins / collision_key(name) if self.pins else None
+
+    def _pin(self, name: str) -> tuple[int, str] | None:
+        path = self._pin_path(name)
+        try:
+            seq, head = path.read_text().split() if path else (None, None)
+            return (int(seq), head) if seq is not None else None
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return None  # a torn pin only weakens the check; it is rewritten on the next read
+
+    def _write_pin(self, name: str, state: NameState) -> None:
+        path = self._pin_path(name)
+        if path is None:
+            return
+        # A read-only home still verifies every signature; it only forgets the pin.
+        with contextlib.suppress(OSError):
+            atomic_write(path, f"{state.seq} {state.head}\n".encode(), mode=0o600)
