@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from hub.errors import ValidationError
-from plugins.ckks.fedfile import FedFile, Verifier, write_fed_file
-from plugins.ckks.round import AGGREGATE, CONTRIBUTIONS, Round
+from hub.fed.contribute import check_layout, check_weight
+from hub.fed.fedfile import FedFile, Verifier, write_fed_file
+from hub.fed.round import AGGREGATE, CONTRIBUTIONS, Round
 
 FORMAT = "qlora-hub-fed-aggregate/1"
 
@@ -55,6 +56,14 @@ def check_contribution(rnd: Round, ff: FedFile, scheme: str, verify: Verifier | 
             f"contribution {name} from team {team!r} is for {meta.get('aggregator')}/"
             f"{meta.get('mode')}, round {rnd.id} is {scheme}/{rnd.mode}: contribute again"
         )
+    want_start = rnd.start["sha256"] if rnd.start else None
+    if meta.get("start_sha256") != want_start:
+        raise ValidationError(
+            f"contribution {name} from team {team!r} was not trained from the adapter round "
+            f"{rnd.id} starts from ({rnd.start['ref'] if rnd.start else 'none'}): contribute again"
+        )
+    check_weight(meta.get("weight"), team)
+    check_layout(meta, rnd.params.slots, f"contribution {name} from team {team!r}")
     return team
 
 

@@ -6,13 +6,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hub.errors import IntegrityError
+from hub.fed.aggregate import aggregate_round
+from hub.fed.contribute import write_contribution
+from hub.fed.fedfile import Signer, Verifier
+from hub.fed.finalize import finalize_round
+from hub.fed.params import CkksParams, check_params
+from hub.fed.round import Round, init_round, open_round, secret_context
 from hub.types import AdapterPayload
-from plugins.ckks.aggregate import aggregate_round
-from plugins.ckks.contribute import write_contribution
-from plugins.ckks.fedfile import Signer, Verifier
-from plugins.ckks.finalize import finalize_round
-from plugins.ckks.params import CkksParams, check_params
-from plugins.ckks.round import init_round, open_round, secret_context
 
 
 class RoundAggregator:
@@ -53,9 +54,14 @@ class RoundAggregator:
         params: Mapping[str, Any] | None = None,
         key_holder: str | None = None,
         sign: Signer | None = None,
+        start: Mapping[str, Any] | None = None,
         insecure_for_tests: bool = False,
     ) -> dict[str, Any]:
-        """Key holder: see :meth:`hub.types.Aggregator.init_round`."""
+        """Key holder: see :meth:`hub.types.Aggregator.init_round`.
+
+        ``start`` (``{"ref", "sha256"}``) names the merged adapter of the
+        previous round that every team must train from (chained rounds).
+        """
         p = check_params(
             CkksParams.from_json(params) if params else CkksParams(),
             insecure_for_tests=insecure_for_tests,
@@ -71,8 +77,21 @@ class RoundAggregator:
             keys=self.codec.keygen(p),
             key_holder=key_holder,
             sign=sign,
+            start=start,
         )
         return dict(rnd.meta)
+
+    def open(
+        self, round_dir: Path, *, verify: Verifier | None, key_holder: str | None = None
+    ) -> Round:
+        """The round in ``round_dir``, signed by its key holder and started for this aggregator."""
+        rnd = open_round(Path(round_dir), verify=verify, key_holder=key_holder)
+        if rnd.meta["aggregator"] != self.name:
+            raise IntegrityError(
+                f"round {rnd.id} was started for the {rnd.meta['aggregator']!r} aggregator, "
+                f"not {self.name!r}: use the round's own aggregator"
+            )
+        return rnd
 
     def contribute(
         self,
@@ -83,10 +102,17 @@ class RoundAggregator:
         weight: float,
         sign: Signer | None,
         verify: Verifier | None = None,
+        key_holder: str | None = None,
+        start_sha256: str | None = None,
         progress: bool = False,
     ) -> Path:
-        """A team: see :meth:`hub.types.Aggregator.contribute`."""
-        rnd = open_round(Path(round_dir), verify=verify)
+        """A team: see :meth:`hub.types.Aggregator.contribute`.
+
+        ``key_holder`` pins the team that must have signed the round;
+        ``start_sha256`` is the sha256 of the adapter weights this adapter was
+        trained from (refused when the round starts from another adapter).
+        """
+        rnd = self.open(round_dir, verify=verify, key_holder=key_holder)
         return write_contribution(
             rnd,
             self.codec,
@@ -94,6 +120,7 @@ class RoundAggregator:
             adapter=adapter,
             weight=weight,
             sign=sign,
+            start_sha256=start_sha256,
             progress=progress,
         )
 
@@ -101,7 +128,7 @@ class RoundAggregator:
         self, round_dir: Path, *, verify: Verifier | None, progress: bool = False
     ) -> Path:
         """Aggregator: see :meth:`hub.types.Aggregator.aggregate`."""
-        rnd = open_round(Path(round_dir), verify=verify)
+        rnd = self.open(round_dir, verify=verify)
         return aggregate_round(rnd, self.codec, verify=verify, progress=progress)
 
     def finalize(
@@ -112,11 +139,24 @@ class RoundAggregator:
         name: str,
         rank: int | None = None,
         verify: Verifier | None = None,
+        key_holder: str | None = None,
+        raw_sum: bool = False,
         progress: bool = False,
     ) -> AdapterPayload:
-        """Key holder: see :meth:`hub.types.Aggregator.finalize`."""
-        rnd = open_round(Path(round_dir), verify=verify)
+        """Key holder: see :meth:`hub.types.Aggregator.finalize`.
+
+        The result is the weighted mean ``sum_k w_k x_k / sum_k w_k`` (FedAvg);
+        ``raw_sum=True`` keeps the weighted sum ``sum_k w_k x_k``.
+        """
+        rnd = self.open(round_dir, verify=verify, key_holder=key_holder)
         secret = secret_context(Path(key_dir), rnd)
         return finalize_round(
-            rnd, self.codec, secret, name=name, rank=rank, verify=verify, progress=progress
+            rnd,
+            self.codec,
+            secret,
+            name=name,
+            rank=rank,
+            verify=verify,
+            raw_sum=raw_sum,
+            progress=progress,
         )

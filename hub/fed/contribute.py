@@ -9,19 +9,89 @@ from pathlib import Path
 from typing import Any
 
 from hub.errors import ValidationError
+from hub.fed.fedfile import Signer, write_fed_file
+from hub.fed.modes import encode_update, frozen_digest, shared_config
+from hub.fed.round import Round, check_name
 from hub.types import AdapterPayload
-from plugins.ckks.fedfile import Signer, write_fed_file
-from plugins.ckks.modes import encode_update, frozen_digest, shared_config
-from plugins.ckks.round import Round, check_name
 
 FORMAT = "qlora-hub-fed-contribution/1"
+MAX_WEIGHT = 1e9
+"""Largest relative weight (a billion training examples): beyond it a typo is likelier."""
 
 
-def check_weight(weight: float) -> float:
-    """A team's weight p_k must be a finite positive number."""
-    if not (isinstance(weight, int | float) and math.isfinite(weight) and weight > 0):
-        raise ValidationError(f"weight {weight!r} is not a positive number: pass e.g. --weight 0.5")
+def check_weight(weight: Any, team: str | None = None) -> float:
+    """A team's relative weight must be a finite number in (0, :data:`MAX_WEIGHT`]."""
+    ok = isinstance(weight, int | float) and not isinstance(weight, bool)
+    if not (ok and math.isfinite(weight) and 0 < weight <= MAX_WEIGHT):
+        who = f"team {team!r}'s " if team else ""
+        raise ValidationError(
+            f"{who}weight {weight!r} is not a number in (0, {MAX_WEIGHT:.0e}]: pass a relative "
+            "weight such as the team's number of training examples (--weight 2000)"
+        )
     return float(weight)
+
+
+def default_weight(adapter: AdapterPayload) -> tuple[float, str]:
+    """``(weight, source)``: the training examples its training metadata records, else 1."""
+    manifest = adapter.manifest or {}
+    for record in (manifest, manifest.get("metadata") or {}):
+        data = record.get("data") if isinstance(record, dict) else None
+        rows = data.get("train_rows") if isinstance(data, dict) else None
+        if isinstance(rows, int) and not isinstance(rows, bool) and rows > 0:
+            return float(rows), "training examples"
+    return 1.0, "default"
+
+
+def trained_from(adapter: AdapterPayload) -> str | None:
+    """sha256 of the adapter weights ``adapter`` was trained from (its training metadata)."""
+    manifest = adapter.manifest or {}
+    for record in (manifest, manifest.get("metadata") or {}):
+        init = record.get("init_adapter") if isinstance(record, dict) else None
+        if isinstance(init, dict) and isinstance(init.get("sha256"), str):
+            return init["sha256"]
+    return None
+
+
+def check_chained(rnd: Round, team: str, start_sha256: str | None) -> None:
+    """A round that starts from a merged adapter takes only updates trained from it."""
+    if rnd.start is None or start_sha256 == rnd.start["sha256"]:
+        return
+    got = f"from adapter weights {start_sha256[:12]}" if start_sha256 else "from scratch"
+    raise ValidationError(
+        f"team {team!r}'s adapter was trained {got}, but round {rnd.id} starts from "
+        f"{rnd.start['ref']} ({rnd.start['sha256'][:12]}): train again with "
+        f"'qlora-hub train --init-adapter {rnd.start['ref']}'"
+    )
+
+
+def check_layout(meta: dict[str, Any], slots: int, name: str) -> None:
+    """The counts a signed header declares must agree with each other and its sections.
+
+    ``n_values`` is the sum of the layout's shapes, ``n_chunks`` is
+    ``ceil(n_values / slots)``, and the file lists one section per chunk
+    (plus the frozen A in ffa). A short file is refused here, in one line,
+    before any chunk is read.
+    """
+    try:
+        n_values = sum(math.prod(int(d) for d in e["shape"]) for e in meta["layout"])
+        n_chunks, hashes = int(meta["n_chunks"]), meta["section_sha256"]
+        extra = 1 if meta.get("frozen_sha256") else 0
+        ok = n_values == int(meta["n_values"]) > 0 and isinstance(hashes, list)
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValidationError(f"{name} has a malformed header (layout, n_values, n_chunks)")
+    if n_chunks != -(-n_values // slots):
+        raise ValidationError(
+            f"{name} declares {n_chunks} chunks for {n_values} values, not "
+            f"{-(-n_values // slots)}: the file is malformed; contribute again"
+        )
+    if len(hashes) != n_chunks + extra:
+        raise ValidationError(
+            f"{name} lists {len(hashes)} sections but declares {n_chunks} chunks"
+            f"{' plus the frozen A' if extra else ''}: the file is short or malformed; "
+            "contribute again"
+        )
 
 
 def write_contribution(
@@ -32,6 +102,7 @@ def write_contribution(
     adapter: AdapterPayload,
     weight: float,
     sign: Signer | None,
+    start_sha256: str | None = None,
     progress: bool = False,
 ) -> Path:
     """Encrypt ``weight`` x the adapter's update for ``rnd.mode`` and write it, signed.
@@ -51,6 +122,7 @@ def write_contribution(
     check_name("team name", team)
     rnd.require_team(team)
     weight = check_weight(weight)
+    check_chained(rnd, team, start_sha256)
     path = rnd.contribution_path(team)
     if path.exists():
         raise ValidationError(
@@ -74,6 +146,7 @@ def write_contribution(
         "params_sha256": params.digest(),
         "context_sha256": rnd.context_sha256,
         "weight": weight,
+        "start_sha256": rnd.start["sha256"] if rnd.start else None,
         "adapter": adapter.name,
         "config": config,
         "shared_config": shared_config(config, rnd.mode),

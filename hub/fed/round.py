@@ -24,9 +24,9 @@ from typing import Any
 
 from hub.atomic import atomic_write
 from hub.errors import IntegrityError, UnknownNameError, ValidationError
-from plugins.ckks.fedfile import Signer, Verifier, canonical
-from plugins.ckks.modes import check_mode
-from plugins.ckks.params import CkksParams
+from hub.fed.fedfile import Signer, Verifier, canonical
+from hub.fed.modes import check_mode
+from hub.fed.params import CkksParams
 
 FORMAT = "qlora-hub-fed-round/1"
 ROUND_FILE, PUBLIC_CONTEXT, SECRET_CONTEXT = "round.json", "public.context", "secret.context"
@@ -72,6 +72,16 @@ class Round:
         return CkksParams.from_json(self.meta["params"])
 
     @property
+    def key_holder(self) -> str:
+        """The team that signed the round (and decrypts its aggregate)."""
+        return str(self.meta["key_holder"])
+
+    @property
+    def start(self) -> dict[str, str] | None:
+        """``{"ref", "sha256"}`` of the merged adapter this round starts from, or ``None``."""
+        return self.meta.get("start")
+
+    @property
     def context_sha256(self) -> str:
         """sha256 of the public context the manifest binds."""
         return self.meta["context_sha256"]
@@ -112,8 +122,14 @@ def init_round(
     keys: tuple[bytes, bytes],
     key_holder: str | None,
     sign: Signer | None,
+    start: Mapping[str, Any] | None = None,
 ) -> Round:
-    """Write a new round: manifest and public context to ``round_dir``, secret to ``key_dir``."""
+    """Write a new round: manifest and public context to ``round_dir``, secret to ``key_dir``.
+
+    The manifest (aggregator, mode, teams, CKKS parameters, public-context hash
+    and the adapter the round starts from, ``start``) is signed by
+    ``key_holder``; a round without that signature is refused by every role.
+    """
     check_name("round id", round_id)
     check_mode(mode)
     seen: set[str] = set()
@@ -124,6 +140,13 @@ def init_round(
         seen.add(team)
     if len(teams) < 2:
         raise ValidationError("a round needs at least 2 teams: list them with --teams a,b,c")
+    if not key_holder or sign is None:
+        raise ValidationError(
+            "a round must be signed by its key holder: pass --team HOLDER (key_holder and sign)"
+        )
+    check_name("key holder", key_holder)
+    if start is not None:
+        check_start(start)
     if (round_dir / ROUND_FILE).exists():
         raise ValidationError(
             f"round {round_id} already exists in {round_dir}: pick a new round id"
@@ -139,6 +162,7 @@ def init_round(
         "params_sha256": params.digest(),
         "context_sha256": hashlib.sha256(public).hexdigest(),
         "key_holder": key_holder,
+        "start": dict(start) if start else None,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     (round_dir / CONTRIBUTIONS).mkdir(parents=True, exist_ok=True)
@@ -147,14 +171,25 @@ def init_round(
         atomic_write(key_dir / SECRET_CONTEXT, secret, mode=0o600)
     atomic_write(key_dir / KEY_BINDING, meta["context_sha256"].encode())
     atomic_write(round_dir / PUBLIC_CONTEXT, public)
-    signatures = dict(sign(canonical(meta))) if sign else {}
+    signatures = dict(sign(canonical(meta)))
     doc = {"meta": meta, "signatures": signatures}
     atomic_write(round_dir / ROUND_FILE, json.dumps(doc, indent=2).encode())
     return Round(round_dir, meta)
 
 
-def open_round(round_dir: Path, *, verify: Verifier | None = None) -> Round:
-    """Read a round's manifest; with ``verify``, check the key holder's signature on it."""
+def open_round(
+    round_dir: Path, *, verify: Verifier | None = None, key_holder: str | None = None
+) -> Round:
+    """Read a round's manifest, refusing one its key holder did not sign.
+
+    Args:
+        round_dir: the shared round directory.
+        verify: checks the key holder's signature against a trust store; every
+            CLI role passes one (Python callers without one get the structural
+            checks only: a named key holder and a signature present).
+        key_holder: the team the caller expects to have signed the round
+            (``fed contribute --key-holder``); any other signer is refused.
+    """
     path = Path(round_dir) / ROUND_FILE
     if not path.is_file():
         raise UnknownNameError(
@@ -163,15 +198,40 @@ def open_round(round_dir: Path, *, verify: Verifier | None = None) -> Round:
     try:
         doc = json.loads(path.read_text())
         meta: Mapping[str, Any] = doc["meta"]
-        if meta.get("format") != FORMAT:
+        signatures = doc.get("signatures")
+        if meta.get("format") != FORMAT or not isinstance(signatures, dict | None):
             raise ValueError
-    except (ValueError, KeyError, TypeError):
+        for key in ("round", "aggregator", "mode", "teams", "params", "context_sha256"):
+            meta[key]  # noqa: B018 (presence check)
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise ValidationError(f"{path} is not a qlora-hub round manifest") from None
-    if verify and meta.get("key_holder"):
-        if not doc.get("signatures"):
-            raise IntegrityError(f"{path} is unsigned: the key holder must sign the round")
-        verify(meta["key_holder"], canonical(meta), doc["signatures"])
+    holder = meta.get("key_holder")
+    if not holder or not signatures:
+        raise IntegrityError(
+            f"{path} is not signed by a key holder: refuse this round and ask the key holder "
+            "to start it again with 'qlora-hub fed init --team HOLDER'"
+        )
+    if key_holder is not None and holder != key_holder:
+        raise IntegrityError(
+            f"round {meta['round']} is signed by team {holder!r}, not by the key holder you "
+            f"expect ({key_holder!r}): do not contribute; check with {key_holder!r}"
+        )
+    if verify is not None:
+        verify(str(holder), canonical(meta), signatures)
+    if meta.get("start") is not None:
+        check_start(meta["start"])
     return Round(Path(round_dir), dict(meta))
+
+
+def check_start(start: Any) -> dict[str, str]:
+    """The adapter a round starts from: ``{"ref": "NAME@VERSION", "sha256": HEX}``."""
+    ok = isinstance(start, Mapping) and isinstance(start.get("ref"), str)
+    digest = start.get("sha256") if ok else None
+    if not (ok and isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+        raise ValidationError(
+            f"round start {start!r} is not {{ref, sha256}}: pass 'fed init --start NAME@VERSION'"
+        )
+    return {"ref": start["ref"], "sha256": digest}
 
 
 def secret_context(key_dir: Path, rnd: Round) -> bytes:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.errors import IntegrityError
-from plugins.ckks.fedfile import Signer, Verifier
+from hub.fed.fedfile import Signer, Verifier
 
 CONTEXT = "fed"
 

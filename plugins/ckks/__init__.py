@@ -3,7 +3,7 @@
 Registers the ``ckks`` aggregator and the ``fed`` commands (``init``,
 ``contribute``, ``aggregate``, ``finalize``) plus ``bench fed``. TenSEAL,
 torch and numpy are imported inside the functions that need them. The maths
-is in :mod:`plugins.ckks.modes`; see docs/federated.md.
+is in :mod:`hub.fed.modes`; see docs/federated.md.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def _codec() -> Any:
 @hookimpl
 def register_aggregators(register: Any) -> None:
     """Register ``ckks``."""
-    from plugins.ckks.aggregator import RoundAggregator
+    from hub.fed.aggregator import RoundAggregator
 
     register(
         RoundAggregator(

@@ -72,8 +72,8 @@ def synthetic_adapter(shape: str, seed: int, *, shared_a: bool = True) -> Any:
 
 def run_round(agg: Any, work: Path, shape: str, teams: int, signers: dict, verify: Any) -> dict:
     """One timed ffa round; returns timings, sizes and the decrypted sum."""
-    from plugins.ckks.finalize import decrypt_aggregate
-    from plugins.ckks.round import open_round, secret_context
+    from hub.fed.finalize import decrypt_aggregate
+    from hub.fed.round import open_round, secret_context
 
     names = [f"t{i}" for i in range(teams)]
     rdir, kdir = work / "round", work / "keys"
@@ -134,7 +134,7 @@ def mode_maths(shape: str, teams: int = 3) -> dict:
     """fedavg gap and dense energy for ``teams`` seeded updates with independent A."""
     import numpy as np
 
-    from plugins.ckks.modes import decode_merged, encode_update, exact_sum, relative_gap
+    from hub.fed.modes import decode_merged, encode_update, exact_sum, relative_gap
 
     ads = [synthetic_adapter(shape, i + 1, shared_a=False) for i in range(teams)]
     updates = [(a.tensors(), a.config(), 1 / teams) for a in ads]
@@ -175,8 +175,8 @@ def bench_fed(
     import numpy as np
     from rich.console import Console
 
+    from hub.fed.signing import team_signer, trust_store_verifier
     from hub.teams import create_team
-    from plugins.ckks.signing import team_signer, trust_store_verifier
 
     console = Console(stderr=True, quiet=as_json)
     counts = [int(c) for c in team_counts.split(",")]

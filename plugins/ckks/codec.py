@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from hub.errors import AccessError, ValidationError
-from plugins.ckks.params import CkksParams
+from hub.fed.params import CkksParams
 
 
 def _ts() -> Any:

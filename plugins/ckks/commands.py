@@ -27,7 +27,7 @@ ROUND_DIR = click.option(
 
 def resolve_round_dir(state: CliState, round_id: str, explicit: Path | None) -> Path:
     """The round's shared directory: the flag, else ``fed.rounds_dir``, else under the home."""
-    from plugins.ckks.round import check_name
+    from hub.fed.round import check_name
 
     if explicit:
         return explicit
@@ -57,11 +57,22 @@ def acting_team(state: CliState, team: str | None, role: str) -> str:
     return team
 
 
-def round_aggregator(state: CliState, rdir: Path) -> Any:
-    """The aggregator a round was started for (read from its manifest)."""
-    from plugins.ckks.round import open_round
+def round_aggregator(state: CliState, rdir: Path, key_holder: str | None = None) -> Any:
+    """The aggregator a round was started for, read from its manifest once the key holder's
+    signature on it verified against this home's trust store (and, given ``key_holder``,
+    once the signer is that team)."""
+    from hub.fed.round import open_round
+    from hub.fed.signing import trust_store_verifier
 
-    return aggregator(state, open_round(rdir).meta["aggregator"])
+    rnd = open_round(rdir, verify=trust_store_verifier(state.home), key_holder=key_holder)
+    return aggregator(state, rnd.meta["aggregator"])
+
+
+def adapter_digest(payload: Any) -> str:
+    """sha256 of an adapter's weights file: what chained rounds and ``--init-adapter`` name."""
+    import hashlib
+
+    return hashlib.sha256(payload.files[payload.WEIGHTS]).hexdigest()
 
 
 @click.command("init")
@@ -77,6 +88,12 @@ def round_aggregator(state: CliState, rdir: Path) -> Any:
 @click.option("--team", default=None, help="Key-holder team that signs the round [hub.team].")
 @click.option("--aggregator", "agg_name", default=None, help="ckks or plain [fed.aggregator].")
 @click.option(
+    "--start",
+    "start_spec",
+    default=None,
+    help="Merged adapter NAME@VERSION (or directory) every team must train from (chained rounds).",
+)
+@click.option(
     "--poly-modulus-degree", type=int, default=None, help="CKKS N [fed.poly_modulus_degree]."
 )
 @click.option("--coeff-bits", default=None, help="e.g. 60,40,40,60 [fed.coeff_mod_bit_sizes].")
@@ -90,14 +107,15 @@ def fed_init(
     mode: str,
     team: str | None,
     agg_name: str | None,
+    start_spec: str | None,
     poly_modulus_degree: int | None,
     coeff_bits: str | None,
     scale_bits: int | None,
     round_dir: Path | None,
 ) -> None:
     """Key holder: create the round's CKKS keys; publish the public context only."""
-    from plugins.ckks.params import CkksParams, check_params
-    from plugins.ckks.signing import team_signer
+    from hub.fed.params import CkksParams, check_params
+    from hub.fed.signing import team_signer
 
     s = state.settings
     s.override("fed.poly_modulus_degree", poly_modulus_degree)
@@ -111,6 +129,10 @@ def fed_init(
     check_params(CkksParams.from_json(params))  # before any key is touched
     holder = acting_team(state, team, "fed init")
     rdir = resolve_round_dir(state, round_id, round_dir)
+    start = None
+    if start_spec:
+        first = load_adapter(state, start_spec, holder)
+        start = {"ref": str(first.ref or start_spec), "sha256": adapter_digest(first)}
     meta = aggregator(state, agg_name).init_round(
         rdir,
         round_id=round_id,
@@ -120,10 +142,13 @@ def fed_init(
         params=params,
         key_holder=holder,
         sign=team_signer(state.home, holder, hub=state.hub),
+        start=start,
     )
+    chained = f"; starts from {start['ref']}" if start else ""
     click.echo(
         f"round {round_id}: {meta['aggregator']}/{mode}, teams {', '.join(meta['teams'])}, "
-        f"N={params['poly_modulus_degree']}; public context in {rdir}"
+        f"N={params['poly_modulus_degree']}, key holder {holder}{chained}; "
+        f"public context in {rdir}"
     )
 
 
@@ -133,8 +158,13 @@ def load_adapter(state: CliState, spec: str, team: str) -> Any:
     from hub.types import AdapterPayload, AdapterRef
 
     path = Path(spec)
-    if path.is_dir():
-        return AdapterPayload.from_dir(path, name=path.name)
+    if path.is_dir():  # a PEFT directory, or a training run (its adapter/ and manifest.json)
+        peft = path if (path / AdapterPayload.CONFIG).is_file() else path / "adapter"
+        payload = AdapterPayload.from_dir(peft, name=path.name)
+        manifest = peft.parent / "manifest.json"
+        if manifest.is_file() and not manifest.is_symlink():
+            payload.manifest = json.loads(manifest.read_text())
+        return payload
     store = open_store(state.hub, state.settings, team=team)
     return store.pull(AdapterRef.parse(spec), team=team, where="fed")
 
@@ -148,7 +178,20 @@ def load_adapter(state: CliState, spec: str, team: str) -> Any:
     required=True,
     help="Adapter NAME[@VERSION] in storage, or a PEFT directory.",
 )
-@click.option("--weight", type=float, required=True, help="This team's weight p_k.")
+@click.option(
+    "--key-holder",
+    required=True,
+    help="The team you expect to have signed the round; any other signer is refused.",
+)
+@click.option(
+    "--weight",
+    type=float,
+    default=None,
+    help="Relative weight [the adapter's training examples, else 1]; finalize divides by the sum.",
+)
+@click.option(
+    "--allow-plain", is_flag=True, help="Accept a round whose aggregator does not encrypt."
+)
 @ROUND_DIR
 @pass_state
 def fed_contribute(
@@ -156,29 +199,46 @@ def fed_contribute(
     round_id: str,
     team: str | None,
     adapter_spec: str,
-    weight: float,
+    key_holder: str,
+    weight: float | None,
+    allow_plain: bool,
     round_dir: Path | None,
 ) -> None:
     """A team: encrypt its weighted update and sign it into the round directory."""
-    from plugins.ckks.signing import team_signer, trust_store_verifier
+    from hub.fed.contribute import default_weight, trained_from
+    from hub.fed.signing import team_signer, trust_store_verifier
 
     team = acting_team(state, team, "fed contribute")
     rdir = round_dir_for(state, round_id, round_dir)
-    path = round_aggregator(state, rdir).contribute(
+    agg = round_aggregator(state, rdir, key_holder)
+    if not (agg.codec.encrypted or allow_plain):
+        raise ValidationError(
+            f"round {round_id} uses the {agg.name!r} aggregator, which sends your update "
+            "unencrypted: refuse it, or pass --allow-plain if that is intended"
+        )
+    adapter = load_adapter(state, adapter_spec, team)
+    source = "--weight"
+    if weight is None:
+        weight, source = default_weight(adapter)
+    path = agg.contribute(
         rdir,
         team=team,
-        adapter=load_adapter(state, adapter_spec, team),
+        adapter=adapter,
         weight=weight,
         sign=team_signer(state.home, team, hub=state.hub),
         verify=trust_store_verifier(state.home),
+        key_holder=key_holder,
+        start_sha256=trained_from(adapter),
         progress=True,
     )
-    click.echo(f"team {team}: wrote {path} ({path.stat().st_size:,} bytes)")
+    click.echo(
+        f"team {team}: wrote {path} ({path.stat().st_size:,} bytes), weight {weight:g} ({source})"
+    )
 
 
 def round_dir_for(state: CliState, round_id: str, explicit: Path | None) -> Path:
     """:func:`resolve_round_dir`, then check the manifest there is for ``round_id``."""
-    from plugins.ckks.round import open_round
+    from hub.fed.round import open_round
 
     rdir = resolve_round_dir(state, round_id, explicit)
     found = open_round(rdir).id
@@ -189,14 +249,20 @@ def round_dir_for(state: CliState, round_id: str, explicit: Path | None) -> Path
 
 @click.command("aggregate")
 @ROUND
+@click.option("--key-holder", default=None, help="Refuse the round unless this team signed it.")
 @ROUND_DIR
 @pass_state
-def fed_aggregate(state: CliState, round_id: str, round_dir: Path | None) -> None:
-    """Aggregator: check every contribution and sum the ciphertexts (public context only)."""
-    from plugins.ckks.signing import trust_store_verifier
+def fed_aggregate(
+    state: CliState, round_id: str, key_holder: str | None, round_dir: Path | None
+) -> None:
+    """Aggregator: check every contribution and sum the ciphertexts (public context only).
+
+    The round must carry a valid key-holder signature from a team in this
+    home's trust store."""
+    from hub.fed.signing import trust_store_verifier
 
     rdir = round_dir_for(state, round_id, round_dir)
-    out = round_aggregator(state, rdir).aggregate(
+    out = round_aggregator(state, rdir, key_holder).aggregate(
         rdir, verify=trust_store_verifier(state.home), progress=True
     )
     click.echo(f"round {round_id}: wrote {out} ({out.stat().st_size:,} bytes)")
@@ -215,6 +281,11 @@ def fed_aggregate(state: CliState, round_id: str, round_dir: Path | None) -> Non
 )
 @click.option("--storage", default=None, help="Storage backend to push to [hub.storage].")
 @click.option("--no-push", is_flag=True, help="Do not push to storage (needs --out).")
+@click.option(
+    "--raw-sum",
+    is_flag=True,
+    help="Publish the weighted sum of the updates instead of their weighted mean.",
+)
 @ROUND_DIR
 @pass_state
 def fed_finalize(
@@ -226,21 +297,25 @@ def fed_finalize(
     out: Path | None,
     storage: str | None,
     no_push: bool,
+    raw_sum: bool,
     round_dir: Path | None,
 ) -> None:
-    """Key holder: decrypt, round to bf16, build the PEFT adapter, push it shared with the teams."""
-    from plugins.ckks.signing import trust_store_verifier
+    """Key holder: decrypt, divide by the sum of the weights, round to bf16, build the PEFT
+    adapter, push it shared with the teams."""
+    from hub.fed.signing import trust_store_verifier
 
     if no_push and not out:
         raise ValidationError("--no-push keeps the result nowhere: add --out DIR")
     holder = acting_team(state, team, "fed finalize")
     rdir = round_dir_for(state, round_id, round_dir)
-    payload = round_aggregator(state, rdir).finalize(
+    payload = round_aggregator(state, rdir, holder).finalize(
         rdir,
         key_dir=key_dir(state, round_id),
         name=name,
         rank=rank,
         verify=trust_store_verifier(state.home),
+        key_holder=holder,
+        raw_sum=raw_sum,
         progress=True,
     )
     report = dict(payload.manifest["fed"])
@@ -280,8 +355,6 @@ def add_fed_commands(cli: click.Group) -> None:
     fed = cli.commands["fed"]
     for cmd in (fed_init, fed_contribute, fed_aggregate, fed_finalize):
         fed.add_command(cmd)
-    from plugins.ckks.accuracy import bench_fed_accuracy
     from plugins.ckks.bench import bench_fed
 
     cli.commands["bench"].add_command(bench_fed)
-    cli.commands["bench"].add_command(bench_fed_accuracy)

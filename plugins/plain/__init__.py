@@ -1,7 +1,7 @@
 """Built-in plugin ``plain``: the unencrypted reference aggregator.
 
 Same rounds, files, signatures, checks and merge maths as ``ckks`` (it reuses
-:class:`plugins.ckks.aggregator.RoundAggregator`), with float64 chunks in the
+:class:`hub.fed.aggregator.RoundAggregator`), with float64 chunks in the
 clear. Use it to check ``ckks`` results and to measure what encryption costs;
 never for real cross-team merges, since the aggregator sees every update.
 """
@@ -22,7 +22,7 @@ def _codec() -> Any:
 @hookimpl
 def register_aggregators(register: Any) -> None:
     """Register ``plain``."""
-    from plugins.ckks.aggregator import RoundAggregator
+    from hub.fed.aggregator import RoundAggregator
 
     register(
         RoundAggregator(

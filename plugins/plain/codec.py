@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from plugins.ckks.params import CkksParams
+from hub.fed.params import CkksParams
 
 _DTYPE = np.dtype("<f8")
 

@@ -81,7 +81,7 @@ def fed_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def signers(fed_keys: Path) -> dict[str, Callable[[bytes], Any]]:
     """Team -> signer."""
-    from plugins.ckks.signing import team_signer
+    from hub.fed.signing import team_signer
 
     return {t: team_signer(fed_keys, t) for t in ("a", "b", "c", "hold")}
 
@@ -89,7 +89,7 @@ def signers(fed_keys: Path) -> dict[str, Callable[[bytes], Any]]:
 @pytest.fixture(scope="session")
 def verifier(fed_keys: Path) -> Callable[..., None]:
     """Checks signatures against the trust store of ``fed_keys``."""
-    from plugins.ckks.signing import trust_store_verifier
+    from hub.fed.signing import trust_store_verifier
 
     return trust_store_verifier(fed_keys)
 

@@ -15,10 +15,10 @@ import pytest
 
 import plugins.ckks
 import plugins.plain
+from hub.fed.finalize import decrypt_aggregate
+from hub.fed.modes import lora_pairs, lora_scale
+from hub.fed.round import open_round, secret_context
 from hub.plugins import Hub
-from plugins.ckks.finalize import decrypt_aggregate
-from plugins.ckks.modes import lora_pairs, lora_scale
-from plugins.ckks.round import open_round, secret_context
 
 WEIGHTS = {"a": 0.5, "b": 0.3, "c": 0.2}
 
@@ -131,7 +131,7 @@ def test_public_context_cannot_decrypt(rounds: dict) -> None:
     r = rounds["ckks", "ffa"]
     public = ts.context_from((r["dir"] / "public.context").read_bytes())
     assert not public.is_private()
-    from plugins.ckks.fedfile import FedFile
+    from hub.fed.fedfile import FedFile
 
     with FedFile(r["dir"] / "aggregate.fedc") as ff:
         sections = ff.sections()

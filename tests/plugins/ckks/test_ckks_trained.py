@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import plugins.ckks
+from hub.fed.finalize import decrypt_aggregate
+from hub.fed.modes import B_SUFFIX
+from hub.fed.round import open_round, secret_context
 from hub.plugins import Hub
 from hub.types import AdapterPayload
-from plugins.ckks.finalize import decrypt_aggregate
-from plugins.ckks.modes import B_SUFFIX
-from plugins.ckks.round import open_round, secret_context
 
 
 @pytest.fixture(scope="module")

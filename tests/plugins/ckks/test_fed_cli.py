@@ -93,6 +93,8 @@ def world(cli: Any, tmp_path_factory: pytest.TempPathFactory, adapter_factory: A
             team,
             "--adapter",
             source,
+            "--key-holder",
+            "hold",
             "--weight",
             WEIGHTS[team],
         )
@@ -119,7 +121,9 @@ def world(cli: Any, tmp_path_factory: pytest.TempPathFactory, adapter_factory: A
 
 
 def test_init_reports_round_and_public_context(world: dict) -> None:
-    assert world["out"]["init"].startswith("round r1: ckks/ffa, teams a, b, c, N=8192;")
+    assert world["out"]["init"].startswith(
+        "round r1: ckks/ffa, teams a, b, c, N=8192, key holder hold;"
+    )
 
 
 def test_contribute_writes_signed_file_per_team(world: dict) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hub.errors import IntegrityError, ValidationError
-from plugins.ckks.fedfile import FedFile, write_fed_file
+from hub.fed.fedfile import FedFile, write_fed_file
 
 
 def test_sections_round_trip_with_signature(tmp_path: Path) -> None:

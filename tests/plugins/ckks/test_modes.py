@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hub.errors import ValidationError
-from plugins.ckks.modes import (
+from hub.fed.modes import (
     decode_merged,
     encode_update,
     exact_sum,

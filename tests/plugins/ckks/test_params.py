@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hub.errors import ValidationError
-from plugins.ckks.params import CkksParams, check_params
+from hub.fed.params import CkksParams, check_params
 
 
 def test_default_parameters_are_the_128_bit_set() -> None:

@@ -30,7 +30,7 @@ def test_plain_chunks_are_float64_values_in_the_clear() -> None:
 
 
 def test_plain_sum_is_exact_float64_sum() -> None:
-    from plugins.ckks.params import CkksParams
+    from hub.fed.params import CkksParams
     from plugins.plain.codec import PlainCodec
 
     codec, xs = PlainCodec(), [np.random.default_rng(i).normal(size=100) for i in range(3)]
@@ -40,6 +40,12 @@ def test_plain_sum_is_exact_float64_sum() -> None:
 
 def test_plain_round_needs_no_secret_file(aggregator: Any, tmp_path: Path) -> None:
     aggregator.init_round(
-        tmp_path / "round", round_id="p1", teams=["a", "b"], mode="ffa", key_dir=tmp_path / "keys"
+        tmp_path / "round",
+        round_id="p1",
+        teams=["a", "b"],
+        mode="ffa",
+        key_dir=tmp_path / "keys",
+        key_holder="k",
+        sign=lambda data: {"team": "k", "signature": "c2ln"},
     )
     assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["context.sha256"]
