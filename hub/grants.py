@@ -94,6 +94,8 @@ class VersionGrant:
     manifest_sha256: str
     readers: set[str]
     deleted: bool = False
+    ever: set[str] = field(default_factory=set)
+    """Teams that could read this version at some point."""
 
 
 @dataclass
@@ -183,7 +185,7 @@ def _apply(state: NameState, rec: dict[str, Any]) -> str | None:
             return "bad readers"
         if state.owner not in readers:
             return "the owner must read its own versions"
-        state.versions[version] = VersionGrant(oid, sha, set(readers))
+        state.versions[version] = VersionGrant(oid, sha, set(readers), ever=set(readers))
         state.last_version = max(state.last_version, version)
         state.ever |= set(readers)
         state.revoked -= set(readers)
@@ -192,6 +194,7 @@ def _apply(state: NameState, rec: dict[str, Any]) -> str | None:
             return "bad share"
         for v in rec["versions"]:
             state.versions[v].readers.add(rec["team"])
+            state.versions[v].ever.add(rec["team"])
         state.ever.add(rec["team"])
         state.revoked.discard(rec["team"])
     elif action == "revoke":

@@ -389,8 +389,8 @@ class Vault:
         """The verified manifest of ``ref`` and who can read it (no decryption)."""
         team = self._acting(team)
         state, version = self._resolve(ref, team)
-        readers = state.readers(version)
-        grants = {t: "active" if t in readers else "revoked" for t in sorted(state.ever)}
+        grant = state.versions[version]
+        grants = {t: "active" if t in grant.readers else "revoked" for t in sorted(grant.ever)}
         return {"manifest": self._manifest(state, version), "readers": grants}
 
     def list(self, *, team: str | None = None) -> list[AdapterRecord]:

@@ -170,7 +170,7 @@ class Index:
                 grant = state.versions[version]
                 size = sum(f["size"] for f in manifest["files"])
                 self.add_version(db, manifest, size, grant.manifest_sha256, sorted(grant.readers))
-                for team in state.revoked - grant.readers:
+                for team in grant.ever - grant.readers:
                     self.set_grant(db, grant.object_id, team, "revoked")
 
     # -- queries (inspection and tests; decisions use the signed records) -------------
