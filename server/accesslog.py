@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 log = logging.getLogger("qlora_hub.server.access")
+UNKNOWN_PATH = "(unknown)"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -21,6 +22,16 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
             if _REQUEST_ID.match(text):
                 return text
     return uuid.uuid4().hex
+
+
+def on_close(scope: dict, callback: Any) -> None:
+    """Run ``callback()`` when the HTTP exchange of ``scope`` ends, however it ends.
+
+    Handlers use it for what must never be left behind (a queue place, a request the
+    engine still runs for a client that went away): the middleware calls every callback
+    after the response, also when the handler raised or the client disconnected.
+    """
+    scope["state"].setdefault("on_close", []).append(callback)
 
 
 class AccessLogMiddleware:
@@ -53,10 +64,16 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            for callback in state.get("on_close", []):
+                try:
+                    callback()
+                except Exception:
+                    log.exception("cleanup after request %s failed", rid)
             seconds = time.perf_counter() - started
             route = scope.get("route_handler")
             path_template = getattr(route, "paths", None)
-            path = sorted(path_template)[0] if path_template else scope["path"]
+            # unknown paths share one label (no unbounded metric series from scanners)
+            path = sorted(path_template)[0] if path_template else UNKNOWN_PATH
             record = {
                 "event": "access",
                 "request_id": rid,
@@ -66,6 +83,8 @@ class AccessLogMiddleware:
                 "ms": round(seconds * 1000, 1),
                 **state["log"],
             }
+            if path == UNKNOWN_PATH:
+                record["unknown_path"] = scope["path"][:200]
             log.info(json.dumps(record))
             if self.observe:
                 self.observe(path, status["code"], seconds)

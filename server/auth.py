@@ -16,6 +16,7 @@ import secrets
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -127,3 +128,35 @@ class RateLimiter:
                 return (1.0 - tokens) / self.rate
             self._buckets[key_id] = (tokens - 1.0, now)
             return 0.0
+
+
+class Admission:
+    """Places in the engine's queue, taken before a request's body is read.
+
+    A generation request takes a place right after its key is checked, so a full server
+    answers 429 before reading, parsing or tokenizing anything; it gives the place back
+    once the engine has queued it (or when it fails first). Waiting requests are those in
+    the engine's queue plus those holding a place here; together they stay within
+    ``limit()`` (the engine's ``max_queue``, read live).
+    """
+
+    def __init__(self, limit: Callable[[], int], queued: Callable[[], int]) -> None:
+        self.limit, self.queued = limit, queued
+        self.holding = 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> Callable[[], None] | None:
+        """Take a place; returns the idempotent ``leave`` callable, or ``None`` when full."""
+        with self._lock:
+            if self.holding + self.queued() >= self.limit():
+                return None
+            self.holding += 1
+        left = []
+
+        def leave() -> None:
+            with self._lock:
+                if not left:
+                    left.append(True)
+                    self.holding -= 1
+
+        return leave

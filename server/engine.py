@@ -58,11 +58,14 @@ class GenRequest:
     release: Callable[[], None] = lambda: None
     request_id: str = "-"
     adapter: str = "base"
+    team: str = ""
     cancelled: threading.Event = field(default_factory=threading.Event)
     generated: list[int] = field(default_factory=list)
     sent: int = 0
     submitted: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
+    joined_at: float | None = None
+    last_token_at: float | None = None
     generator: torch.Generator | None = None
     token_logprobs: list[Sampled] = field(default_factory=list)  # when ``logprobs`` is set
 
@@ -82,7 +85,7 @@ class Engine:
         max_queue: most requests waiting; beyond it :meth:`submit` raises :class:`QueueFullError`.
         eos_ids: token ids that end a completion.
         on_step: optional callback ``on_step(batch_rows)`` after every forward pass (metrics).
-        on_finish: optional callback ``on_finish(reason, completion_tokens)`` when a request
+        on_finish: optional callback ``on_finish(request, reason)`` when a request
             leaves (``stop``, ``length``, ``cancelled``, ``timeout`` or ``error``; metrics).
     """
 
@@ -96,13 +99,13 @@ class Engine:
         max_queue: int = 256,
         eos_ids: set[int] | None = None,
         on_step: Callable[[int], None] | None = None,
-        on_finish: Callable[[str, int], None] | None = None,
+        on_finish: Callable[[GenRequest, str], None] | None = None,
     ) -> None:
         self.model, self.tokenizer, self.bank = model, tokenizer, bank
         self.max_batch, self.max_queue = max_batch, max_queue
         self.eos_ids = eos_ids if eos_ids is not None else {tokenizer.eos_token_id}
         self.on_step = on_step
-        self.on_finish = on_finish or (lambda reason, tokens: None)
+        self.on_finish = on_finish or (lambda req, reason: None)
         self.pad_id = tokenizer.pad_token_id or 0
         self._pending: collections.deque[GenRequest] = collections.deque()
         self._cond = threading.Condition()
@@ -176,6 +179,7 @@ class Engine:
                 joining = []
                 while self._pending and len(self.rows) + len(joining) < self.max_batch:
                     joining.append(self._pending.popleft())
+                    joining[-1].joined_at = time.monotonic()
             joining = [r for r in joining if not self._dropped(r)]
             self._drop_stopped_rows()
             if joining:
@@ -363,6 +367,7 @@ class Engine:
             try:
                 if req.first_token_at is None:
                     req.first_token_at = now
+                req.last_token_at = now
                 req.generated.append(token)
                 reason = self._stop_reason(req, token)
                 text = self._text(req)
@@ -447,12 +452,12 @@ class Engine:
         event = ("error", "timeout", usage) if reason == "timeout" else ("done", reason, usage)
         self._deliver(req, event)
         req.release()
-        self.on_finish(reason, len(req.generated))
+        self.on_finish(req, reason)
 
     def _finish_error(self, req: GenRequest, message: str) -> None:
         self._deliver(req, ("error", message, None))
         req.release()
-        self.on_finish("error", len(req.generated))
+        self.on_finish(req, "error")
 
     def _deliver(self, req: GenRequest, event: tuple[Any, ...]) -> None:
         """Send a request its last event; a receiver that is gone must not stop the engine."""
