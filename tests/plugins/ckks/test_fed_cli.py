@@ -214,3 +214,70 @@ def test_cli_refuses_insecure_parameters_with_one_line(
         "coefficient-modulus bits, got 200 (60,40,40,60): raise N or use the default "
         "N=8192 with 60,40,40,60\n"
     )
+
+
+def cli_error(world: dict, home: str, *args: str) -> str:
+    """The one-line ``error: ...`` that ``main`` prints for the HubError the command raises."""
+    from hub.errors import HubError
+
+    hub = Hub(builtins=False, extra=[("ckks", plugins.ckks), ("plain", plugins.plain)])
+    result = CliRunner().invoke(
+        make_cli(hub), ["--home", str(world["homes"][home]), *args], obj=hub
+    )
+    assert isinstance(result.exception, HubError), result.output
+    return f"error: {result.exception}\n"
+
+
+def contribute_args(world: dict, rdir: Path, key_holder: str) -> list[str]:
+    return [
+        "fed",
+        "contribute",
+        "--round",
+        "r1",
+        "--round-dir",
+        str(rdir),
+        "--team",
+        "a",
+        "--key-holder",
+        key_holder,
+        "--adapter",
+        str(world["adapters"]["b"][1]),
+    ]
+
+
+def test_contribute_refuses_a_round_signed_by_another_key_holder(world: dict) -> None:
+    out = cli_error(world, "a", *contribute_args(world, world["shared"], "b"))
+    assert out == (
+        "error: round r1 is signed by team 'hold', not by the key holder you expect ('b'): "
+        "do not contribute; check with 'b'\n"
+    )
+
+
+def test_contribute_refuses_an_unsigned_round(world: dict, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    rdir = tmp_path / "r1"
+    shutil.copytree(world["shared"], rdir, ignore=shutil.ignore_patterns("*.fedc"))
+    doc = json.loads((rdir / "round.json").read_text())
+    doc["meta"]["key_holder"], doc["signatures"] = None, {}
+    (rdir / "round.json").write_text(json.dumps(doc))
+    out = cli_error(world, "a", *contribute_args(world, rdir, "hold"))
+    assert out.startswith(f"error: {rdir / 'round.json'} is not signed by a key holder")
+    assert not list((rdir / "contributions").glob("*.fedc"))
+
+
+def test_contribute_refuses_a_plain_round_without_allow_plain(
+    world: dict, cli: Any, tmp_path: Path
+) -> None:
+    rdir = tmp_path / "p1"
+    rd = ("--round", "r1", "--round-dir", str(rdir))
+    cli(world["homes"]["hold"], "fed", "init", *rd, "--teams", "a,b", "--team", "hold",
+        "--aggregator", "plain")  # fmt: skip
+    out = cli_error(world, "a", *contribute_args(world, rdir, "hold"))
+    assert out == (
+        "error: round r1 uses the 'plain' aggregator, which sends your update unencrypted: "
+        "refuse it, or pass --allow-plain if that is intended\n"
+    )
+    written = cli(world["homes"]["a"], *contribute_args(world, rdir, "hold"), "--allow-plain")
+    assert "weight 1 (default)" in written
