@@ -44,6 +44,7 @@ def serve(
 
     from hub.store import open_store
     from server.app import build_state, create_app
+    from server.http import uvicorn_config
     from server.model import load_served_base
 
     settings = state.settings
@@ -64,13 +65,7 @@ def serve(
         f"{settings.get('hub.storage')} on http://{settings.get('serve.host')}:{settings.get('serve.port')}",
         err=True,
     )
-    uvicorn.run(
-        app,
-        host=settings.get("serve.host"),
-        port=settings.get("serve.port"),
-        log_level="warning",
-        access_log=False,
-    )
+    uvicorn.Server(uvicorn_config(app, settings)).run()
 
 
 @click.command("create")
