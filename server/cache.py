@@ -32,6 +32,10 @@ class CacheBusy(Exception):
     """No slot freed up in time for a new adapter (HTTP 503)."""
 
 
+class StorageUnavailable(Exception):
+    """Storage failed while listing or loading an adapter (HTTP 503; ``/ready`` reports it)."""
+
+
 @dataclass
 class Entry:
     """One resident adapter version."""
@@ -96,6 +100,20 @@ class AdapterCache:
         self._loading: dict[AdapterRef, threading.Event] = {}
         self._listings: dict[str, tuple[float, dict[str, dict[int, Any]]]] = {}
         self._cond = threading.Condition()
+        self.storage_problem: str | None = None  # the last storage failure, until one succeeds
+
+    def _storage(self, action: str, call: Callable[[], Any]) -> Any:
+        """Run a storage call; an error that is not a refusal becomes :class:`StorageUnavailable`."""
+        try:
+            out = call()
+        except (HubError, KeyError, ValueError):
+            raise
+        except Exception as exc:
+            self.storage_problem = f"{action} failed: {type(exc).__name__}: {exc}"
+            log.error("adapter storage unavailable: %s", self.storage_problem)
+            raise StorageUnavailable(self.storage_problem) from None
+        self.storage_problem = None
+        return out
 
     # ---- access and resolution ------------------------------------------------------------
 
@@ -106,7 +124,7 @@ class AdapterCache:
         if hit and not refresh and now - hit[0] < self.list_ttl_s:
             return hit[1]
         out: dict[str, dict[int, Any]] = {}
-        for rec in self.store.list(team=team):
+        for rec in self._storage("listing", lambda: self.store.list(team=team)):
             out.setdefault(rec.name, {})[rec.version] = rec
         self._listings[team] = (now, out)
         return out
@@ -155,6 +173,7 @@ class AdapterCache:
                     entry.pins += 1
                     entry.hits += 1
                     entry.last_used = time.monotonic()
+                    self.on_event("hit")
                     return entry
                 loading = self._loading.get(ref)
                 if loading is None:
@@ -164,13 +183,17 @@ class AdapterCache:
                     owner = False
             if not owner:
                 loading.wait(self.wait_s)
-                if getattr(loading, "failed", False):
+                failed = getattr(loading, "failed", None)
+                if isinstance(failed, StorageUnavailable):
+                    raise StorageUnavailable(str(failed))
+                if failed is not None:
                     raise AdapterUnavailable(str(ref))
                 continue  # loaded (or already evicted again under a tight budget): retry
+            self.on_event("miss")
             try:
                 self._load(ref)
-            except BaseException:
-                loading.failed = True
+            except BaseException as exc:
+                loading.failed = exc
                 raise
             finally:
                 with self._cond:
@@ -191,11 +214,19 @@ class AdapterCache:
         try:
             # the backend verifies (hashes; signatures and trust in the vault), decrypts in
             # memory and fires the adapter_loaded hook with where="server"
-            payload = self.store.pull(ref, team=self.identity, where="server")
+            payload = self._storage(
+                f"loading adapter {ref}",
+                lambda: self.store.pull(ref, team=self.identity, where="server"),
+            )
             self._verify(payload, ref)
             parsed = parse_adapter(payload, self.bank.shapes)
         except (HubError, KeyError, ValueError) as exc:
-            log.warning("adapter refused", extra={"adapter": str(ref), "reason": str(exc)})
+            log.warning(
+                "adapter %s refused: %s",
+                ref,
+                exc,
+                extra={"adapter": str(ref), "reason": str(exc)},
+            )
             self.on_event("refused")
             raise AdapterUnavailable(str(ref)) from None
         nbytes = payload.nbytes
@@ -206,7 +237,13 @@ class AdapterCache:
             self.entries[ref] = Entry(ref=ref, slot=slot, nbytes=nbytes, load_ms=load_ms)
             self._cond.notify_all()
         self.on_event("load")
-        log.info("adapter loaded", extra={"adapter": str(ref), "load_ms": round(load_ms, 1)})
+        log.info(
+            "adapter %s loaded in %.1f ms (%d bytes)",
+            ref,
+            load_ms,
+            nbytes,
+            extra={"adapter": str(ref), "load_ms": round(load_ms, 1)},
+        )
 
     def _verify(self, payload: AdapterPayload, ref: AdapterRef) -> None:
         """Name, file hashes in the manifest (when present), base, and ``validate_adapter`` policy."""
@@ -225,7 +262,10 @@ class AdapterCache:
         record = self.listing(self.identity).get(ref.name, {}).get(ref.version)
         recorded = getattr(record, "base_fingerprint", None)
         if self.base_fingerprint and recorded and recorded != self.base_fingerprint:
-            raise ValidationError(f"{ref}: trained on another base ({recorded[:12]})")
+            raise ValidationError(
+                f"{ref}: trained on another base ({recorded[:12]}); this server serves "
+                f"{self.base_fingerprint[:12]}: retrain or re-import it with --base for this base"
+            )
         problems = [
             p for ps in self.hub.pm.hook.validate_adapter(adapter=payload) or [] for p in ps or []
         ]
@@ -245,6 +285,12 @@ class AdapterCache:
                 victim = min(idle, key=lambda e: (not e.retired, e.last_used))
                 self._drop(victim)
                 self.on_event("evict")
+                log.info(
+                    "adapter %s evicted: %s",
+                    victim.ref,
+                    "replaced or unloaded" if victim.retired else "least recently used",
+                    extra={"adapter": str(victim.ref)},
+                )
                 continue
             if not live and used + nbytes > self.max_bytes:
                 raise CacheBusy(f"an adapter of {nbytes} bytes exceeds the byte budget")
