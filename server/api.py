@@ -11,27 +11,17 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from litestar import Request, get, post
-from litestar.exceptions import HTTPException
 from litestar.response import Response, Stream
 
 from server.cache import AdapterUnavailable, CacheBusy
 from server.engine import GenRequest, QueueFullError
+from server.errors import APIError, not_found
 from server.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 
 if TYPE_CHECKING:
-    from server.app import ServerState
+    from server.state import ServerState
 
 BASE_MODEL = "base"
-
-
-class APIError(HTTPException):
-    """An error answered in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
-
-    def __init__(
-        self, status: int, message: str, *, param: str | None = None, headers: dict | None = None
-    ) -> None:
-        super().__init__(detail=message, status_code=status, headers=headers)
-        self.param = param
 
 
 class EventStream(Stream):
@@ -44,13 +34,6 @@ class EventStream(Stream):
     def to_asgi_response(self, *args: Any, media_type: Any = None, **kwargs: Any) -> Any:
         """Build the ASGI response with this stream's media type."""
         return super().to_asgi_response(*args, media_type=self.media_type, **kwargs)
-
-
-def not_found(model: str) -> APIError:
-    """The one answer for unknown, unshared and refused adapters alike."""
-    return APIError(
-        404, f"model {model!r} does not exist or you do not have access to it", param="model"
-    )
 
 
 def server_of(request: Request) -> ServerState:

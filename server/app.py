@@ -1,12 +1,12 @@
-"""The Litestar app factory and the state one server holds (base, bank, engine, cache, keys)."""
+"""The Litestar app factory: the API's routes, health, readiness, metrics and admin routes.
+
+The server's state lives in :mod:`server.state` (re-exported here: ``build_state``).
+"""
 
 from __future__ import annotations
 
 import logging
 import re
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from litestar import Litestar, MediaType, Request, Response, delete, get, post
@@ -14,120 +14,13 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 
 from server.api import APIError, chat_completions, completions, list_models, not_found
-from server.auth import Caller, KeyStore, RateLimiter
-from server.cache import AdapterCache, AdapterUnavailable, CacheBusy
-from server.engine import Engine
-from server.metrics import ServerMetrics
+from server.cache import AdapterUnavailable, CacheBusy, StorageUnavailable
+from server.errors import storage_unavailable
+from server.state import ServerState, build_state
+
+__all__ = ["ServerState", "build_state", "create_app"]
 
 log = logging.getLogger("qlora_hub.server")
-
-
-@dataclass
-class ServerState:
-    """Everything the handlers use. Build with :func:`build_state`."""
-
-    engine: Engine
-    cache: AdapterCache
-    keys: KeyStore
-    limiter: RateLimiter
-    metrics: ServerMetrics
-    tokenizer: Any
-    context: int
-    max_tokens_cap: int
-    request_timeout_s: float
-    base_fingerprint: str
-    started: int = field(default_factory=lambda: int(time.time()))
-    ready: bool = True
-
-    def authenticate(self, request: Request) -> Caller:
-        """The caller of ``request`` from ``Authorization: Bearer KEY``; 401 or 429 otherwise."""
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        caller = self.keys.lookup(key.strip()) if scheme.lower() == "bearer" else None
-        if caller is None:
-            raise APIError(401, "missing or invalid API key: send Authorization: Bearer <key>")
-        wait = self.limiter.take(caller.key_id)
-        if wait > 0:
-            raise APIError(
-                429,
-                "rate limit exceeded for this API key",
-                headers={"Retry-After": str(int(wait) + 1)},
-            )
-        request.scope["state"]["log"].update(team=caller.team, key_id=caller.key_id)
-        return caller
-
-    def admin(self, request: Request) -> Caller:
-        """Like :meth:`authenticate`, and 403 unless the key is an admin key."""
-        caller = self.authenticate(request)
-        if not caller.admin:
-            raise APIError(403, "this endpoint needs an admin API key")
-        return caller
-
-
-def build_state(
-    hub: Any, settings: Any, base: Any, store: Any, *, identity: str | None = None
-) -> ServerState:
-    """Wire a loaded base, a storage backend and the ``[serve]`` settings into a server.
-
-    Args:
-        hub: the plugin host.
-        settings: :class:`hub.config.Settings` (``serve.*`` keys, ``home`` for API keys).
-        base: a :class:`hub.models.LoadedBase` (loaded once; its linear layers get wrapped).
-        store: a storage backend instance the server reads adapters from.
-        identity: the server's team in storage (default ``serve.identity``).
-    """
-    import torch
-
-    from server.lora import LoRABank
-
-    s = settings.get
-    metrics = ServerMetrics()
-    bank = LoRABank(base.model, torch.float32)  # LoRA math in fp32, like PEFT
-    tok = base.tokenizer
-    eos = {tok.eos_token_id}
-    end = tok.convert_tokens_to_ids("<|end|>")
-    if isinstance(end, int) and end != tok.unk_token_id:
-        eos.add(end)  # chat turns end with <|end|>
-    engine = Engine(
-        base.model,
-        tok,
-        bank,
-        max_batch=s("serve.max_batch"),
-        max_queue=s("serve.max_queue"),
-        eos_ids=eos,
-        on_step=metrics.batch_rows.observe,
-        on_finish=metrics.observe_finish,
-    )
-    cache = AdapterCache(
-        hub,
-        store,
-        identity or s("serve.identity"),
-        bank,
-        base_fingerprint=base.fingerprint,
-        max_resident=s("serve.max_resident"),
-        max_bytes=s("serve.max_resident_bytes"),
-        list_ttl_s=s("serve.list_ttl_s"),
-        on_event=lambda kind: metrics.adapter_events.labels(kind).inc(),
-    )
-    metrics.bind(
-        lambda: engine.queue_depth,
-        lambda: engine.active,
-        lambda: len(cache.info()),
-        lambda: cache.resident_bytes,
-    )
-    context = int(getattr(base.model.config, "max_position_embeddings", 2048))
-    return ServerState(
-        engine=engine,
-        cache=cache,
-        keys=KeyStore(Path(settings.home)),
-        limiter=RateLimiter(s("serve.rate_limit_per_minute")),
-        metrics=metrics,
-        tokenizer=tok,
-        context=context,
-        max_tokens_cap=s("serve.max_tokens_cap"),
-        request_timeout_s=s("serve.request_timeout_s"),
-        base_fingerprint=base.fingerprint,
-    )
 
 
 @get("/health", sync_to_thread=False)
@@ -138,10 +31,18 @@ def health() -> dict[str, str]:
 
 @get("/ready", sync_to_thread=False)
 def ready(request: Request) -> Response:
-    """Readiness: the base is loaded and the engine runs."""
+    """Readiness: the base is loaded, the engine runs and adapter storage answers.
+
+    A storage failure (the last listing or cold load failed) makes it 503 with the reason
+    until a later storage call succeeds.
+    """
     srv: ServerState = request.app.state.server
-    ok = srv.ready and srv.engine._thread is not None and srv.engine._thread.is_alive()
-    return Response({"ready": ok}, status_code=200 if ok else 503)
+    body: dict[str, Any] = {"ready": True}
+    if not (srv.ready and srv.engine._thread is not None and srv.engine._thread.is_alive()):
+        body = {"ready": False, "reason": "the engine is not running"}
+    elif srv.cache.storage_problem:
+        body = {"ready": False, "reason": f"adapter storage: {srv.cache.storage_problem}"}
+    return Response(body, status_code=200 if body["ready"] else 503)
 
 
 @get("/metrics", sync_to_thread=False, media_type=MediaType.TEXT)
@@ -177,6 +78,8 @@ async def adapters_load(request: Request, name: str) -> dict[str, Any]:
         raise not_found(name) from None
     except CacheBusy as exc:
         raise APIError(503, str(exc), headers={"Retry-After": "1"}) from None
+    except StorageUnavailable as exc:
+        raise storage_unavailable(str(exc)) from None
     return entry.info()
 
 
@@ -205,6 +108,8 @@ def _field_of(detail: dict[str, Any]) -> str | None:
 
 def _openai_error(request: Request, exc: Exception) -> Response:
     """Every error in OpenAI's shape; validation errors name the offending field."""
+    if isinstance(exc, StorageUnavailable):
+        exc = storage_unavailable(str(exc))
     if isinstance(exc, ValidationException):
         status, param = 400, None
         extra = exc.extra if isinstance(exc.extra, list) else []

@@ -1,0 +1,151 @@
+"""The state one server holds (base, bank, engine, cache, keys) and how it is built.
+
+The app (:mod:`server.app`) and the API handlers (:mod:`server.api`) both read it; it
+imports neither of them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from litestar import Request
+
+from server.accesslog import on_close
+from server.auth import Admission, Caller, KeyStore, RateLimiter
+from server.cache import AdapterCache
+from server.engine import Engine
+from server.errors import APIError
+from server.metrics import ServerMetrics
+
+
+@dataclass
+class ServerState:
+    """Everything the handlers use. Build with :func:`build_state`."""
+
+    engine: Engine
+    cache: AdapterCache
+    keys: KeyStore
+    limiter: RateLimiter
+    metrics: ServerMetrics
+    tokenizer: Any
+    context: int
+    max_tokens_cap: int
+    request_timeout_s: float
+    base_fingerprint: str
+    started: int = field(default_factory=lambda: int(time.time()))
+    ready: bool = True
+    admission: Admission = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.admission = Admission(lambda: self.engine.max_queue, lambda: self.engine.queue_depth)
+
+    def authenticate(self, request: Request) -> Caller:
+        """The caller of ``request`` from ``Authorization: Bearer KEY``; 401 or 429 otherwise."""
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        caller = self.keys.lookup(key.strip()) if scheme.lower() == "bearer" else None
+        if caller is None:
+            self.metrics.rejected.labels("unauthorized").inc()
+            raise APIError(401, "missing or invalid API key: send Authorization: Bearer <key>")
+        wait = self.limiter.take(caller.key_id)
+        if wait > 0:
+            self.metrics.rejected.labels("rate_limited").inc()
+            raise APIError(
+                429,
+                "rate limit exceeded for this API key",
+                headers={"Retry-After": str(int(wait) + 1)},
+            )
+        request.scope["state"]["log"].update(team=caller.team, key_id=caller.key_id)
+        return caller
+
+    def admit(self, request: Request) -> Callable[[], None]:
+        """Take a place in the engine's queue before the body is read; 429 when it is full.
+
+        Returns ``leave`` (idempotent): call it once the engine has queued the request. The
+        place is given back when the HTTP exchange ends in any case.
+        """
+        leave = self.admission.enter()
+        if leave is None:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise APIError(
+                429, "the server is at capacity; retry shortly", headers={"Retry-After": "1"}
+            )
+        on_close(request.scope, leave)
+        return leave
+
+    def admin(self, request: Request) -> Caller:
+        """Like :meth:`authenticate`, and 403 unless the key is an admin key."""
+        caller = self.authenticate(request)
+        if not caller.admin:
+            raise APIError(403, "this endpoint needs an admin API key")
+        return caller
+
+
+def build_state(
+    hub: Any, settings: Any, base: Any, store: Any, *, identity: str | None = None
+) -> ServerState:
+    """Wire a loaded base, a storage backend and the ``[serve]`` settings into a server.
+
+    Args:
+        hub: the plugin host.
+        settings: :class:`hub.config.Settings` (``serve.*`` keys, ``home`` for API keys).
+        base: a :class:`hub.models.LoadedBase` (loaded once; its linear layers get wrapped).
+        store: a storage backend instance the server reads adapters from.
+        identity: the server's team in storage (default ``serve.identity``).
+    """
+    import torch
+
+    from server.lora import LoRABank
+
+    s = settings.get
+    metrics = ServerMetrics(max_label_values=s("serve.metrics_max_label_values"))
+    bank = LoRABank(base.model, torch.float32)  # LoRA math in fp32, like PEFT
+    tok = base.tokenizer
+    eos = {tok.eos_token_id}
+    end = tok.convert_tokens_to_ids("<|end|>")
+    if isinstance(end, int) and end != tok.unk_token_id:
+        eos.add(end)  # chat turns end with <|end|>
+    engine = Engine(
+        base.model,
+        tok,
+        bank,
+        max_batch=s("serve.max_batch"),
+        max_queue=s("serve.max_queue"),
+        eos_ids=eos,
+        on_step=metrics.batch_rows.observe,
+        on_finish=metrics.observe_finish,
+    )
+    cache = AdapterCache(
+        hub,
+        store,
+        identity or s("serve.identity"),
+        bank,
+        base_fingerprint=base.fingerprint,
+        max_resident=s("serve.max_resident"),
+        max_bytes=s("serve.max_resident_bytes"),
+        list_ttl_s=s("serve.list_ttl_s"),
+        on_event=lambda kind: metrics.adapter_events.labels(kind).inc(),
+    )
+    metrics.bind(
+        lambda: engine.queue_depth,
+        lambda: engine.active,
+        lambda: len(cache.info()),
+        lambda: cache.resident_bytes,
+    )
+    context = int(getattr(base.model.config, "max_position_embeddings", 2048))
+    return ServerState(
+        engine=engine,
+        cache=cache,
+        keys=KeyStore(Path(settings.home)),
+        limiter=RateLimiter(s("serve.rate_limit_per_minute")),
+        metrics=metrics,
+        tokenizer=tok,
+        context=context,
+        max_tokens_cap=s("serve.max_tokens_cap"),
+        request_timeout_s=s("serve.request_timeout_s"),
+        base_fingerprint=base.fingerprint,
+    )
