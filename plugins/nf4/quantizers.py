@@ -21,6 +21,7 @@ from plugins.nf4.options import QuantOptions, parse_options
 from plugins.nf4.source import (
     LayerPlan,
     ModelSource,
+    plain_linear,
     plan_layers,
     quiet_bitsandbytes,
     resolve_source,
@@ -137,7 +138,9 @@ class BnbQuantizer:
             kwargs.update(use_safetensors=False, weights_only=True)
         else:
             kwargs["use_safetensors"] = True
-        model = AutoModelForCausalLM.from_pretrained(src.path, **kwargs)
+        linear_classes = plan.linear_classes if config is not None else []
+        with plain_linear(linear_classes):  # FalconLinear & co. quantize like nn.Linear
+            model = AutoModelForCausalLM.from_pretrained(src.path, **kwargs)
         model.eval()
         setattr(
             model,
@@ -151,6 +154,7 @@ class BnbQuantizer:
                 "quantized_modules": plan.quantized if config is not None else [],
                 "kept_modules": plan.kept if config is not None else sorted(plan.shapes),
                 "unsupported_modules": plan.unsupported,
+                "linear_classes": linear_classes,
             },
         )
         return model
@@ -215,16 +219,19 @@ class BnbQuantizer:
             **{k: (tuple(v) if k == "skip_modules" else v) for k, v in manifest["options"].items()}
         )
         quiet_bitsandbytes()
-        model = load_direct(checkpoint) if self.four_bit else None
-        loader = "direct"
-        if model is None:
-            from transformers import AutoModelForCausalLM
+        classes = manifest.get("linear_classes") or []
+        classes = [c for c in classes if isinstance(c, str) and c.isidentifier()]
+        with plain_linear([c for c in classes if c.endswith("Linear")]):
+            model = load_direct(checkpoint) if self.four_bit else None
+            loader = "direct"
+            if model is None:
+                from transformers import AutoModelForCausalLM
 
-            loader = "from_pretrained"
-            model = AutoModelForCausalLM.from_pretrained(
-                checkpoint, dtype=opts.torch_dtype(), use_safetensors=True
-            )
-            model.eval()
+                loader = "from_pretrained"
+                model = AutoModelForCausalLM.from_pretrained(
+                    checkpoint, dtype=opts.torch_dtype(), use_safetensors=True
+                )
+        model.eval()
         provenance = {k: manifest.get(k) for k in ("method", "options", "base_fingerprint")}
         setattr(
             model,

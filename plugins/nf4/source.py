@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,6 +149,9 @@ class LayerPlan:
     """Left in full precision because the CPU 4-bit kernels cannot take their shape (name -> why)."""
     shapes: dict[str, tuple[int, int]] = field(default_factory=dict)
     """name -> (out_features, in_features) of every linear layer."""
+    linear_classes: list[str] = field(default_factory=list)
+    """Names of ``nn.Linear`` subclasses (Falcon's ``FalconLinear``) built as plain
+    ``nn.Linear`` while loading (:func:`plain_linear`), so bitsandbytes converts them."""
 
     @property
     def skip_modules(self) -> list[str]:
@@ -189,17 +194,26 @@ def plan_layers(
     for name, module in model.named_modules():
         if isinstance(module, Conv1D):  # GPT-2 style: weight is (in, out)
             shape = (module.weight.shape[1], module.weight.shape[0])
-        elif type(module) is nn.Linear:
+        elif isinstance(module, nn.Linear):  # subclasses count too (Falcon's FalconLinear)
             shape = (module.out_features, module.in_features)
         else:
             continue
         plan.shapes[name] = shape
+        cls = type(module)
+        subclass = isinstance(module, nn.Linear) and cls is not nn.Linear
         if not should_convert_module(name, [*defaults, *skip_modules]):
             plan.kept.append(name)
+        elif subclass and not _plain_linear(cls):
+            plan.unsupported[name] = (
+                f"{cls.__name__} subclasses nn.Linear with its own forward, which bitsandbytes "
+                "layers would not reproduce"
+            )
         elif four_bit and (why := cpu_unsupported(*shape, blocksize)):
             plan.unsupported[name] = why
         else:
             plan.quantized.append(name)
+            if subclass and cls.__name__ not in plan.linear_classes:
+                plan.linear_classes.append(cls.__name__)
     if not plan.quantized:
         what = "has no linear layers" if not plan.shapes else "has no linear layers left"
         raise ValidationError(
@@ -207,3 +221,41 @@ def plan_layers(
             "use a transformer causal LM, or skip fewer modules"
         )
     return plan
+
+
+PLAIN_LINEAR_CLASSES = ("FalconLinear",)
+"""``nn.Linear`` subclasses whose forward is exactly ``x @ W.T + b`` (checked by a test)."""
+
+
+def _plain_linear(cls: type) -> bool:
+    """True when ``cls`` (an ``nn.Linear`` subclass) computes what ``nn.Linear`` computes."""
+    from torch import nn
+
+    return cls.forward is nn.Linear.forward or cls.__name__ in PLAIN_LINEAR_CLASSES
+
+
+@contextmanager
+def plain_linear(class_names: list[str]) -> Iterator[None]:
+    """Build the named ``nn.Linear`` subclasses as ``nn.Linear`` inside this block.
+
+    transformers' bitsandbytes integration replaces only layers whose type is
+    exactly ``nn.Linear`` (or ``Conv1D``), so Falcon's ``FalconLinear`` would stay
+    in full precision. Its forward is ``nn.Linear``'s, so building it as
+    ``nn.Linear`` (transformers' ``register_patch_mapping``) changes nothing but
+    lets it be quantized. The mapping is removed again on exit.
+    """
+    from torch import nn
+    from transformers.monkey_patching import (
+        get_patch_mapping,
+        register_patch_mapping,
+        unregister_patch_mapping,
+    )
+
+    mine = [n for n in class_names if n not in get_patch_mapping()]
+    if mine:
+        register_patch_mapping(dict.fromkeys(mine, nn.Linear))
+    try:
+        yield
+    finally:
+        if mine:
+            unregister_patch_mapping(mine)

@@ -1,0 +1,313 @@
+"""Every common causal-LM architecture, served and merged: tiny random models built here.
+
+Each architecture is a tiny random model (hidden 64, two layers, every width a
+multiple of 64 for the bitsandbytes CPU kernels) with the embedded base's
+byte-level tokenizer, built from transformers' own config classes; nothing is
+downloaded. The fast tests pin each failure the issue found (GPT-2 and Bloom
+refused, OPT crashing the engine and its batch, ``alpha_pattern`` served with
+one global scale, GPT-2 merged transposed, Falcon refused by the quantizer);
+the slow matrix runs quantize, train, serve, export and merge on all ten.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hub.errors import ValidationError
+from hub.types import AdapterPayload
+
+_ATTN = {"num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 128}
+_LLAMA = {**_ATTN, "hidden_size": 64, "intermediate_size": 128, "num_key_value_heads": 1}
+ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
+    "llama": ("LlamaConfig", _LLAMA),
+    "mistral": ("MistralConfig", _LLAMA),
+    "qwen2": ("Qwen2Config", _LLAMA),
+    "gemma2": ("Gemma2Config", {**_LLAMA, "head_dim": 32}),
+    "phi3": ("Phi3Config", {**_LLAMA, "num_key_value_heads": 2}),
+    "gpt2": ("GPT2Config", {"n_embd": 64, "n_layer": 2, "n_head": 2, "n_positions": 128}),
+    "gpt_neox": ("GPTNeoXConfig", {**_ATTN, "hidden_size": 64, "intermediate_size": 128}),
+    "opt": ("OPTConfig", {**_ATTN, "hidden_size": 64, "ffn_dim": 128, "word_embed_proj_dim": 64}),
+    "bloom": ("BloomConfig", {"hidden_size": 64, "n_layer": 2, "n_head": 2}),
+    "falcon": ("FalconConfig", {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}),
+}  # fmt: skip
+"""Architecture -> (transformers config class, its tiny sizes)."""
+
+PROMPTS = ("hello:", "apple:")
+
+
+def build_tiny(kind: str, out: Path, tokenizer_from: Path) -> Path:
+    """Save a tiny random ``kind`` model (bf16 safetensors) with the byte-level tokenizer."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cls, sizes = ARCHITECTURES[kind]
+    config = getattr(transformers, cls)(
+        vocab_size=320, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        tie_word_embeddings=False, **sizes,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).to(torch.bfloat16).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory, embedded_base: Path):
+    """``tiny(kind)``: the directory of a tiny random model of that architecture (built once)."""
+    root = tmp_path_factory.mktemp("tiny")
+    built: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in built:
+            built[kind] = build_tiny(kind, root / kind, embedded_base)
+        return built[kind]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def hub():
+    from hub.plugins import Hub
+
+    return Hub()
+
+
+def lora_payload(model: Any, name: str, *, seed: int, r: int = 4, **config: Any) -> AdapterPayload:
+    """A PEFT LoRA on every linear layer of ``model`` with seeded random non-zero ``B``.
+
+    ``model`` is consumed (PEFT injects its layers into it).
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from safetensors.torch import save
+
+    torch.manual_seed(seed)
+    cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear", lora_dropout=0.0, **config)
+    peft_model = get_peft_model(model, cfg)
+    with torch.no_grad():
+        for pname, param in peft_model.named_parameters():
+            if "lora_B" in pname:
+                param.normal_(0.0, 0.3)
+    state = {k: v.contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
+    raw = peft_model.peft_config["default"].to_dict()
+    raw = {k: (sorted(v) if isinstance(v, set) else v) for k, v in raw.items()}
+    files = {
+        AdapterPayload.CONFIG: json.dumps(raw, default=str).encode(),
+        AdapterPayload.WEIGHTS: save(state),
+    }
+    return AdapterPayload(name=name, files=files)
+
+
+def gathered_vs_peft(hub, base: Path, payload: AdapterPayload, quantizer: str = "nf4"):
+    """Logits of one adapter row and one base row in one gathered forward pass, and PEFT's.
+
+    Returns ``(adapter_row, peft_row, base_row, plain_base_row)``.
+    """
+    import torch
+
+    from server.lora import LoRABank, parse_adapter
+
+    load = hub.quantizers[quantizer].load
+    served = load(base)
+    bank = LoRABank(served, torch.float32)
+    parsed = parse_adapter(payload, bank.shapes)
+    reference = hub.adapters["lora"].load(load(base), payload, "ref")
+    ids = torch.tensor([[40, 41, 42, 43, 44], [50, 51, 52, 53, 54]])
+    with torch.no_grad(), bank.lock:
+        slot = bank.add(parsed["tensors"], parsed["rank"], parsed["scale"])
+        bank.rows = torch.tensor([slot, 0])
+        mixed = served(input_ids=ids).logits.float()
+        expected = reference(input_ids=ids[:1]).logits.float()
+        with reference.disable_adapter():
+            plain = reference(input_ids=ids[1:]).logits.float()
+    return mixed[:1], expected, mixed[1:], plain
+
+
+@pytest.mark.parametrize("kind", list(ARCHITECTURES))
+def test_gathered_lora_equals_peft_on_every_architecture(hub, tiny, kind: str) -> None:
+    """By the adapter's own module names: ``transformer.h.N`` (GPT-2, Bloom, Falcon) too.
+
+    The base row of the same batch is exactly the plain base; OPT's 2-D
+    feed-forward inputs carry the right row's adapter.
+    """
+    base = tiny(kind)
+    payload = lora_payload(hub.quantizers["nf4"].load(base), kind, seed=1)
+    got, expected, base_row, plain = gathered_vs_peft(hub, base, payload)
+    assert torch_max(plain - expected) > 0.05  # the adapter matters
+    assert torch_max(got - expected) < 0.03  # bf16 rounding of the base layers' outputs
+    assert torch_max(base_row - plain) == 0.0
+
+
+def torch_max(t: Any) -> float:
+    return t.abs().max().item()
+
+
+@pytest.mark.parametrize(
+    "patterns",
+    [
+        {"alpha_pattern": {"q_proj": 64, "down_proj": 1}},
+        {"rank_pattern": {"mlp.down_proj": 8, "v_proj": 2}, "alpha_pattern": {"q_proj": 64}},
+        {"rank_pattern": {"up_proj": 8}, "use_rslora": True},
+    ],
+    ids=["alpha", "rank+alpha", "rank+rslora"],
+)
+def test_rank_and_alpha_patterns_scale_each_module(hub, tiny, patterns) -> None:
+    """Per-module ranks and alphas are applied as PEFT applies them, not one global scale."""
+    from server.lora import parse_adapter
+
+    base = tiny("llama")
+    payload = lora_payload(hub.quantizers["nf4"].load(base), "p", seed=2, **patterns)
+    got, expected, _, plain = gathered_vs_peft(hub, base, payload)
+    assert torch_max(got - expected) < 0.03
+    parsed = parse_adapter(payload, _shapes(hub, base))
+    scales = parsed["scale"]
+    if "alpha_pattern" in patterns:
+        assert scales["model.layers.0.self_attn.q_proj"] == 64 / 4
+    assert scales["model.layers.1.self_attn.k_proj"] == (8 / 2 if "use_rslora" in patterns else 2)
+
+
+def _shapes(hub, base: Path) -> dict[str, tuple[int, int]]:
+    import torch
+
+    from server.lora import LoRABank
+
+    return LoRABank(hub.quantizers["none"].load(base), torch.float32).shapes
+
+
+def test_conv1d_layers_of_an_unquantized_gpt2_are_served(hub, tiny) -> None:
+    """GPT-2 kept in bf16 keeps its ``Conv1D`` layers (weight ``(in, out)``)."""
+    import torch
+
+    base = tiny("gpt2")
+    model = hub.quantizers["none"].load(base)
+    assert type(model.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
+    payload = lora_payload(hub.quantizers["none"].load(base), "c", seed=3)
+    got, expected, base_row, plain = gathered_vs_peft(hub, base, payload, quantizer="none")
+    assert torch_max(plain - expected) > 0.05
+    assert torch_max(got - expected) < 0.03
+    assert torch.equal(base_row, plain)
+
+
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        (
+            {"use_dora": True},
+            "use_dora is not servable: DoRA rescales every output column by a norm of W + BA, "
+            "which the gathered path does not compute; merge it (qlora-hub merge) or serve it "
+            "with PEFT",
+        ),
+        (
+            {"modules_to_save": ["lm_head"]},
+            "modules_to_save is not servable: it carries full trained copies of ['lm_head'] that "
+            "cannot change per row; retrain without modules_to_save",
+        ),
+    ],
+    ids=["dora", "modules_to_save"],
+)
+def test_what_cannot_be_served_is_refused_with_the_reason(hub, tiny, config, reason) -> None:
+    from server.lora import parse_adapter
+
+    base = tiny("llama")
+    payload = lora_payload(hub.quantizers["nf4"].load(base), "odd", seed=4, **config)
+    with pytest.raises(ValidationError) as err:
+        parse_adapter(payload, _shapes(hub, base))
+    assert str(err.value) == f"adapter {payload.ref}: {reason}"
+
+
+def test_the_quantizer_counts_nn_linear_subclasses(hub, tiny, tmp_path) -> None:
+    """Falcon's ``FalconLinear`` layers are quantized (and reload so) instead of refused."""
+    import torch
+
+    quantizer = hub.quantizers["nf4"]
+    model = quantizer.load(tiny("falcon"))
+    kinds = {type(m).__name__ for n, m in model.named_modules() if ".h." in n and "dense" in n}
+    assert kinds == {"Linear4bit"}
+    assert len(model.qlora_hub_quant["quantized_modules"]) == 8
+    ids = torch.tensor([[40, 41, 42]])
+    quantizer.save(model, tmp_path / "ckpt")
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        again = quantizer.load_quantized(tmp_path / "ckpt")
+        kinds = {type(m).__name__ for n, m in again.named_modules() if n.endswith("dense")}
+        assert kinds == {"Linear4bit"}
+        assert torch.equal(again(input_ids=ids).logits, expected)
+    # the mapping that builds FalconLinear as nn.Linear is gone after loading
+    from transformers.models.falcon import modeling_falcon
+
+    assert modeling_falcon.FalconLinear.__name__ == "FalconLinear"
+
+
+def engine_for(hub, base: Path):
+    """An engine over ``base`` (4-bit) and its bank; stop it after use."""
+    import torch
+
+    from server.engine import Engine
+    from server.lora import LoRABank
+    from server.model import load_served_base
+
+    loaded = load_served_base(hub, base)
+    bank = LoRABank(loaded.model, torch.float32)
+    return Engine(loaded.model, loaded.tokenizer, bank, eos_ids={2}).start(), loaded, bank
+
+
+def generate_all(engine, tokenizer, jobs: list[tuple[str, int]], max_tokens: int = 6) -> list:
+    """Submit ``(prompt, slot)`` jobs at once; their texts and final events, in order."""
+    from server.engine import GenRequest
+
+    results: list[Any] = [None] * len(jobs)
+    done = [threading.Event() for _ in jobs]
+
+    def on_event(i: int):
+        chunks: list[str] = []
+
+        def handle(ev):
+            if ev[0] == "delta":
+                chunks.append(ev[1])
+            else:
+                results[i] = ("".join(chunks), ev[:2])
+                done[i].set()
+
+        return handle
+
+    reqs = [
+        GenRequest(
+            prompt_ids=tokenizer(p)["input_ids"],
+            slot=s,
+            max_tokens=max_tokens,
+            on_event=on_event(i),
+        )
+        for i, (p, s) in enumerate(jobs)
+    ]
+    with engine.bank.lock:  # hold the engine so that every request joins one batch
+        for req in reqs:
+            engine.submit(req)
+    for ev in done:
+        assert ev.wait(120)
+    return results
+
+
+def test_opt_serves_a_mixed_batch_and_its_base_rows(hub, tiny) -> None:
+    """OPT flattens to 2-D before fc1/fc2: its batch used to fail, base rows included."""
+    from server.lora import parse_adapter
+
+    base = tiny("opt")
+    engine, loaded, bank = engine_for(hub, base)
+    try:
+        payload = lora_payload(hub.quantizers["nf4"].load(base), "opt-a", seed=5)
+        parsed = parse_adapter(payload, bank.shapes)
+        slot = bank.add(parsed["tensors"], parsed["rank"], parsed["scale"])
+        jobs = [(p, s) for p in PROMPTS for s in (slot, 0)]
+        alone = [generate_all(engine, loaded.tokenizer, [job])[0] for job in jobs]
+        mixed = generate_all(engine, loaded.tokenizer, jobs)
+    finally:
+        engine.stop()
+    assert all(end == ("done", "length") for _, end in mixed)
+    assert mixed == alone
+    assert alone[0][0] != alone[1][0]  # the adapter row differs from the base row
