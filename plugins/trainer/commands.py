@@ -91,6 +91,12 @@ def next_run_dir(runs: Path, name: str) -> Path:
 @click.option("--storage", default=None, help="Storage backend [setting hub.storage].")
 @click.option("--no-store", is_flag=True, help="Only write the run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--init-adapter",
+    "init_spec",
+    default=None,
+    help="Start from this adapter's weights: NAME@VERSION in storage, or a directory.",
+)
 @_train_options
 @pass_state
 def train_cmd(
@@ -106,6 +112,7 @@ def train_cmd(
     storage: str | None,
     no_store: bool,
     quiet: bool,
+    init_spec: str | None,
     **flags: Any,
 ) -> None:
     """Train a QLoRA adapter on BASE with DATA (JSONL) using the transformers Trainer."""
@@ -130,6 +137,13 @@ def train_cmd(
     if not no_store and team and rank == 0:
         store = open_store(state.hub, state.settings, storage, team=team)
     log = click.echo if rank == 0 else None
+    init_adapter = None
+    if init_spec:
+        from plugins.trainer.adapters import resolve_adapter
+
+        init_adapter = resolve_adapter(
+            init_spec, hub=state.hub, settings=state.settings, team=team, storage=storage
+        )
     result = train_adapter(
         state.hub,
         base,
@@ -142,6 +156,7 @@ def train_cmd(
         team=team,
         log=log,
         options=opts,
+        init_adapter=init_adapter,
     )
     click.echo(f"rank {result.rank}/{result.world_size}: adapter sha256 {result.adapter_sha256}")
     if rank != 0:
@@ -149,7 +164,7 @@ def train_cmd(
     metrics = result.metrics
     line = (
         f"trained {name}: {result.steps} steps in {result.train_seconds:.1f} s, "
-        f"train loss {metrics.get('train_loss', float('nan')):.4f}"
+        f"train loss {metrics.get('train_loss') or float('nan'):.4f}"
     )
     if "eval_loss" in metrics:
         line += f", eval loss {metrics['eval_loss']:.4f}"

@@ -62,7 +62,12 @@ def _short(value: Any) -> str:
 def check_resumable(previous: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse a resume whose base, data or (non-bookkeeping) options differ, naming each difference."""
     diffs = []
-    for key, label in (("base_fingerprint", "base"), ("data_sha256", "data")):
+    checked = (
+        ("base_fingerprint", "base"),
+        ("data_sha256", "data"),
+        ("init_adapter_sha256", "--init-adapter"),
+    )
+    for key, label in checked:
         if previous.get(key) != current.get(key):
             diffs.append(f"{label} ({_short(previous.get(key))} vs {_short(current.get(key))})")
     old, new = previous.get("options", {}), current.get("options", {})

@@ -97,6 +97,7 @@ def train_adapter(
     store: Any = None,
     team: str | None = None,
     log: Any = print,
+    init_adapter: AdapterPayload | None = None,
     **options: Any,
 ) -> TrainResult:
     """Train an adapter on ``base`` with ``data_path`` and write the run to ``out_dir``.
@@ -113,6 +114,8 @@ def train_adapter(
         store: a storage backend; when given (with ``team``) the adapter is pushed as a new version.
         team: the acting team for ``store``.
         log: where progress lines go (``print``; ``None`` for silence).
+        init_adapter: start from this adapter's LoRA weights (federated rounds: the
+            previous round's merge); recorded in the manifest as ``init_adapter``.
         **options: :class:`plugins.trainer.options.TrainOptions` fields, or ``options=TrainOptions``.
 
     Returns:
@@ -148,6 +151,7 @@ def train_adapter(
             say,
             rank,
             world_size,
+            init_adapter,
         )
     finally:
         torch.set_num_threads(threads_before)
@@ -167,6 +171,7 @@ def _train(
     say: Any,
     rank: int,
     world_size: int,
+    init_adapter: AdapterPayload | None = None,
 ) -> TrainResult:
     """The body of :func:`train_adapter` (which sets and restores the thread count)."""
     import torch
@@ -178,6 +183,7 @@ def _train(
     from plugins.trainer.batches import make_collator, make_dataset
     from plugins.trainer.checkpoint import make_trainer_class
     from plugins.trainer.events import make_event_callback, plot_loss
+    from plugins.trainer.init_adapter import adapter_weights_sha256, load_init_adapter
     from plugins.trainer.memory import format_account, memory_account
 
     writer = rank == 0
@@ -219,6 +225,7 @@ def _train(
         "base_quantizer": loaded.method,
         "data_sha256": data.sha256,
         "options": opts.to_dict(),
+        "init_adapter_sha256": adapter_weights_sha256(init_adapter) if init_adapter else None,
     }
     checkpoint = None
     if resume:
@@ -243,6 +250,7 @@ def _train(
     # position ids that keep packed examples apart
     loaded.model.config.use_cache = False
     model = method.attach(loaded.model, opts.lora_options())
+    init_info = load_init_adapter(model, init_adapter, opts) if init_adapter else None
     events = make_event_callback(
         lambda e: hub.pm.hook.training_event(event=e), run_dir / METRICS, writer
     )
@@ -354,6 +362,7 @@ def _train(
         },
         "config": opts.to_dict(),
         "frozen_a": {"seed": opts.a_seed} if opts.freeze_a else None,
+        "init_adapter": init_info,
         "optimizer": opt_info,
         "metrics": {**metrics, "train_seconds": round(seconds, 2)},
         "memory": account,
