@@ -1,22 +1,33 @@
-"""The OpenAI-compatible endpoints: /v1/models, /v1/completions, /v1/chat/completions."""
+"""The OpenAI-compatible endpoints: /v1/models, /v1/models/{id}, /v1/completions,
+/v1/chat/completions.
+
+Each handler authenticates first and reads the body only then (:func:`read_request`);
+fields are checked by :func:`server.schemas.decode`, responses built by
+:class:`server.responses.Reply`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import time
-import uuid
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from litestar import Request, get, post
-from litestar.response import Response, Stream
+from litestar.response import Stream
 
 from server.cache import AdapterUnavailable, CacheBusy
 from server.engine import GenRequest, QueueFullError
 from server.errors import APIError, not_found
-from server.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from server.responses import Reply, ReplyError, ReplyShape
+from server.sampling import GREEDY_BELOW
+from server.schemas import (
+    SEED_MAX,
+    BadRequest,
+    ChatCompletionRequest,
+    CompletionRequest,
+    SamplingFields,
+    decode,
+)
 
 if TYPE_CHECKING:
     from server.state import ServerState
@@ -63,31 +74,110 @@ async def list_models(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
+@get("/v1/models/{model_id:str}")
+async def get_model(request: Request, model_id: str) -> dict[str, Any]:
+    """One model the caller may use: ``base``, ``NAME`` or ``NAME@N``; 404 for any other."""
+    srv = server_of(request)
+    caller = srv.authenticate(request)
+    base = {"id": BASE_MODEL, "object": "model", "created": srv.started, "owned_by": "qlora-hub"}
+    if model_id == BASE_MODEL:
+        return base
+    name, _, version = model_id.partition("@")
+    visible = await anyio.to_thread.run_sync(srv.cache.visible, caller.team)
+    versions = visible.get(name)
+    if not versions or (version and not (version.isdigit() and int(version) in versions)):
+        raise not_found(model_id)
+    latest = versions[int(version) if version else max(versions)]
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": srv.started,
+        "owned_by": latest.team,
+        "versions": sorted(versions),
+    }
+
+
+async def read_request(request: Request, kind: type[SamplingFields]) -> Any:
+    """The request body decoded and checked as ``kind``; 400 naming the field otherwise."""
+    srv = server_of(request)
+    # serve.unknown_fields; read with a default so a state built without it stays strict
+    strict = getattr(srv, "unknown_fields", "reject") != "ignore"
+    try:
+        data = decode(await request.body(), kind, strict=strict)
+    except BadRequest as exc:
+        raise APIError(400, exc.message, param=exc.param) from None
+    vocab = len(srv.tokenizer)
+    for token in data.logit_bias or {}:
+        if not 0 <= token < vocab:
+            raise APIError(
+                400,
+                f"logit_bias: token id {token} is outside this model's vocabulary (0..{vocab - 1})",
+                param="logit_bias",
+            )
+    return data
+
+
 @post("/v1/completions", status_code=200)
-async def completions(request: Request, data: CompletionRequest) -> Any:
+async def completions(request: Request) -> Any:
     """Text completion with the adapter named by ``model``."""
     srv = server_of(request)
-    prompt_ids = srv.tokenizer(data.text(), add_special_tokens=False)["input_ids"]
-    return await _generate(request, data, prompt_ids, chat=False)
+    caller = srv.authenticate(request)
+    data: CompletionRequest = await read_request(request, CompletionRequest)
+    prompt_ids = await anyio.to_thread.run_sync(_tokenize, srv, data.text())
+    echo = data.text() if data.echo else ""
+    return await _generate(request, caller, data, prompt_ids, chat=False, echo=echo)
 
 
 @post("/v1/chat/completions", status_code=200)
-async def chat_completions(request: Request, data: ChatCompletionRequest) -> Any:
+async def chat_completions(request: Request) -> Any:
     """Chat completion: the messages go through the base's chat template."""
     srv = server_of(request)
-    messages = [{"role": m.role, "content": m.content} for m in data.messages]
-    text = srv.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    prompt_ids = srv.tokenizer(text, add_special_tokens=False)["input_ids"]
-    return await _generate(request, data, prompt_ids, chat=True)
+    caller = srv.authenticate(request)
+    data: ChatCompletionRequest = await read_request(request, ChatCompletionRequest)
+    # ``developer`` is the system turn of newer OpenAI clients
+    messages = [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        for m in data.messages
+    ]
+    try:
+        text = await anyio.to_thread.run_sync(
+            lambda: srv.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            )
+        )
+    except Exception as exc:  # a template may refuse roles or orders it does not know
+        raise APIError(
+            400, f"the base's chat template refused these messages: {exc}", param="messages"
+        ) from None
+    prompt_ids = await anyio.to_thread.run_sync(_tokenize, srv, text)
+    return await _generate(request, caller, data, prompt_ids, chat=True)
+
+
+def _tokenize(srv: ServerState, text: str) -> list[int]:
+    return srv.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def choice_seed(seed: int | None, index: int) -> int | None:
+    """The seed of choice ``index``: ``seed`` itself for the first, a distinct one after."""
+    if seed is None or index == 0:
+        return seed
+    return (seed + index * 0x9E3779B97F4A7C15) % (SEED_MAX + 1)
 
 
 async def _generate(
-    request: Request, data: SamplingFields, prompt_ids: list[int], chat: bool
+    request: Request,
+    caller: Any,
+    data: SamplingFields,
+    prompt_ids: list[int],
+    *,
+    chat: bool,
+    echo: str = "",
 ) -> Any:
     srv = server_of(request)
-    caller = srv.authenticate(request)
     log = request.scope["state"]["log"]
     log.update(team=caller.team, key_id=caller.key_id, model=data.model)
+    if data.user:
+        log["user"] = data.user[:200]
     max_tokens = _check_lengths(srv, data, len(prompt_ids), chat)
     entry = None
     if data.model != BASE_MODEL:
@@ -101,54 +191,81 @@ async def _generate(
                 503, "every resident adapter is busy; retry shortly", headers={"Retry-After": "1"}
             ) from None
     loop = asyncio.get_running_loop()
-    events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-    released = []
+    events: asyncio.Queue[tuple[int, tuple[Any, ...]]] = asyncio.Queue()
+    running = [data.n]  # the adapter stays pinned until every choice has ended
 
     def release() -> None:
-        if entry is not None and not released:
-            released.append(True)
+        running[0] -= 1
+        if entry is not None and running[0] == 0:
             srv.cache.release(entry)
 
-    req = GenRequest(
-        prompt_ids=prompt_ids,
-        slot=entry.slot if entry else 0,
-        max_tokens=max_tokens,
-        on_event=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev),
-        temperature=data.temperature,
-        top_p=data.top_p,
-        stop=data.stops(),
-        seed=data.seed,
-        timeout_s=srv.request_timeout_s,
-        release=release,
-    )
-    try:
-        srv.engine.submit(req)
-    except QueueFullError:
-        release()
-        raise APIError(
-            429, "the server is at capacity; retry shortly", headers={"Retry-After": "1"}
-        ) from None
-    model_name = str(entry.ref) if entry else BASE_MODEL
-    reply = Reply(srv, req, events, model_name, chat, log)
-    if data.stream:
-        include_usage = bool(data.stream_options and data.stream_options.include_usage)
-        return EventStream(
-            reply.sse(include_usage),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache"},
+    def on_event(index: int):
+        return lambda ev: loop.call_soon_threadsafe(events.put_nowait, (index, ev))
+
+    reqs = [
+        GenRequest(
+            prompt_ids=prompt_ids,
+            slot=entry.slot if entry else 0,
+            max_tokens=max_tokens,
+            on_event=on_event(i),
+            temperature=data.temperature if data.temperature >= GREEDY_BELOW else 0.0,
+            top_p=data.top_p,
+            stop=data.stops(),
+            seed=choice_seed(data.seed, i),
+            presence_penalty=data.presence_penalty,
+            frequency_penalty=data.frequency_penalty,
+            logit_bias=dict(data.logit_bias or {}),
+            logprobs=data.top_logprobs_wanted(),
+            timeout_s=srv.request_timeout_s,
+            release=release,
         )
-    return await reply.whole(request)
+        for i in range(data.n)
+    ]
+    for i, req in enumerate(reqs):
+        try:
+            srv.engine.submit(req)
+        except QueueFullError:
+            for queued in reqs[:i]:
+                queued.cancel()
+            running[0] -= data.n - i  # those never reached the engine
+            if entry is not None and running[0] == 0:
+                srv.cache.release(entry)
+            raise APIError(
+                429, "the server is at capacity; retry shortly", headers={"Retry-After": "1"}
+            ) from None
+    stream = data.stream_options
+    shape = ReplyShape(
+        chat=chat,
+        model=str(entry.ref) if entry else BASE_MODEL,
+        prompt_tokens=len(prompt_ids),
+        echo=echo,
+        logprobs=data.top_logprobs_wanted(),
+        include_usage=bool(data.stream and stream and stream.include_usage),
+        continuous_usage=bool(data.stream and stream and stream.continuous_usage_stats),
+    )
+    reply = Reply(srv, reqs, events, shape, log)
+    if data.stream:
+        return EventStream(
+            reply.sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+    try:
+        return await reply.whole(request)
+    except ReplyError as exc:
+        raise APIError(exc.status, exc.message) from None
 
 
 def _check_lengths(srv: ServerState, data: SamplingFields, prompt_len: int, chat: bool) -> int:
-    """``max_tokens`` to use; 400 when over the cap or when prompt + completion exceed the context."""
+    """The completion length to use; 400 when over the cap or when prompt + completion exceed
+    the context."""
+    field = "max_completion_tokens" if data.max_completion_tokens is not None else "max_tokens"
+    asked = data.limit()
     if prompt_len == 0:
         raise APIError(400, "prompt is empty", param="messages" if chat else "prompt")
-    if data.max_tokens is not None and data.max_tokens > srv.max_tokens_cap:
+    if asked is not None and asked > srv.max_tokens_cap:
         raise APIError(
             400,
-            f"max_tokens {data.max_tokens} is above this server's cap of {srv.max_tokens_cap}",
-            param="max_tokens",
+            f"{field} {asked} is above this server's cap of {srv.max_tokens_cap}",
+            param=field,
         )
     room = srv.context - prompt_len
     if room <= 0:
@@ -157,181 +274,11 @@ def _check_lengths(srv: ServerState, data: SamplingFields, prompt_len: int, chat
             f"the prompt is {prompt_len} tokens; this model's context is {srv.context} tokens",
             param="messages" if chat else "prompt",
         )
-    wanted = (
-        data.max_tokens
-        if data.max_tokens is not None
-        else (min(room, srv.max_tokens_cap) if chat else 16)
-    )
+    wanted = asked if asked is not None else (min(room, srv.max_tokens_cap) if chat else 16)
     if wanted > room:
         raise APIError(
             400,
-            f"prompt ({prompt_len} tokens) plus max_tokens ({wanted}) exceeds the context of {srv.context} tokens",
-            param="max_tokens",
+            f"prompt ({prompt_len} tokens) plus {field} ({wanted}) exceeds the context of {srv.context} tokens",
+            param=field,
         )
     return wanted
-
-
-class Reply:
-    """Turns engine events into an OpenAI response, whole or as server-sent events."""
-
-    def __init__(
-        self,
-        srv: ServerState,
-        req: GenRequest,
-        events: asyncio.Queue,
-        model: str,
-        chat: bool,
-        log: dict,
-    ) -> None:
-        self.srv, self.req, self.events, self.model, self.chat, self.log = (
-            srv,
-            req,
-            events,
-            model,
-            chat,
-            log,
-        )
-        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        self.created = int(time.time())
-
-    def _account(self, usage: dict[str, int] | None) -> None:
-        if usage:
-            self.log.update(
-                prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"]
-            )
-            self.srv.metrics.tokens.labels("prompt").inc(usage["prompt_tokens"])
-            self.srv.metrics.tokens.labels("completion").inc(usage["completion_tokens"])
-        if self.req.first_token_at is not None:
-            self.srv.metrics.ttft.observe(self.req.first_token_at - self.req.submitted)
-
-    async def _next(self) -> tuple[Any, ...]:
-        try:
-            return await asyncio.wait_for(self.events.get(), self.srv.request_timeout_s + 30)
-        except TimeoutError:
-            self.req.cancel()
-            return ("error", "timeout", None)
-
-    async def whole(self, request: Request) -> Response:
-        """Wait for the full completion; a client that disconnects cancels the request."""
-        watcher = asyncio.create_task(_wait_disconnect(request))
-        parts: list[str] = []
-        try:
-            while True:
-                getter = asyncio.create_task(self._next())
-                done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    self.req.cancel()
-                    self.log["cancelled"] = True
-                    return Response(content=b"", status_code=499)
-                event = getter.result()
-                if event[0] == "delta":
-                    parts.append(event[1])
-                    continue
-                self._account(event[2])
-                if event[0] == "error":
-                    status = 504 if event[1] == "timeout" else 500
-                    raise APIError(status, f"request failed: {event[1]}")
-                return Response(content=self._body("".join(parts), event[1], event[2]))
-        finally:
-            watcher.cancel()
-            self.req.cancel()
-
-    def _body(self, text: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
-        if self.chat:
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": finish,
-            }
-            kind = "chat.completion"
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-            kind = "text_completion"
-        return {
-            "id": self.id,
-            "object": kind,
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-            "usage": usage,
-        }
-
-    def _chunk(self, text: str | None, finish: str | None, first: bool = False) -> dict[str, Any]:
-        if self.chat:
-            delta: dict[str, Any] = {"role": "assistant"} if first else {}
-            if text:
-                delta["content"] = text
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            kind = "chat.completion.chunk"
-        else:
-            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-            kind = "text_completion"
-        return {
-            "id": self.id,
-            "object": kind,
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-        }
-
-    async def sse(self, include_usage: bool) -> AsyncIterator[bytes]:
-        """Server-sent events: one chunk per text delta, a finish chunk, optional usage, ``[DONE]``.
-
-        A client that disconnects mid-stream makes Litestar cancel this generator (it listens
-        for ``http.disconnect`` while streaming); ``finally`` then cancels the engine request.
-        """
-        finished = False
-        try:
-            first = True
-            if self.chat:
-                yield _event(self._chunk(None, None, first=True))
-                first = False
-            while True:
-                event = await self._next()
-                if event[0] == "delta":
-                    yield _event(self._chunk(event[1], None, first))
-                    first = False
-                    continue
-                self._account(event[2])
-                if event[0] == "error":
-                    yield _event(
-                        {
-                            "error": {
-                                "message": f"request failed: {event[1]}",
-                                "type": "server_error",
-                                "param": None,
-                                "code": None,
-                            }
-                        }
-                    )
-                    break
-                final = self._chunk(None, event[1])
-                final["usage"] = event[2]
-                yield _event(final)
-                if include_usage:
-                    usage_chunk = self._chunk(None, None)
-                    usage_chunk["choices"] = []
-                    usage_chunk["usage"] = event[2]
-                    yield _event(usage_chunk)
-                break
-            yield b"data: [DONE]\n\n"
-            finished = True
-        finally:
-            # runs when the stream ends and when the client goes away mid-stream
-            if not finished:
-                self.log["cancelled"] = True
-            self.req.cancel()
-
-
-def _event(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
-
-
-async def _wait_disconnect(request: Request) -> None:
-    """Return when the client disconnects (the body is already read, so only disconnect remains)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
