@@ -159,7 +159,6 @@ def create_app(state: ServerState, hub: Any = None, *, max_body_bytes: int = 1 <
             *plugin_routes,
         ],
         exception_handlers={Exception: _openai_error},
-        middleware=[lambda app: AccessLogMiddleware(app, observe)],
         openapi_config=OpenAPIConfig(title="qlora-hub", version="1", path="/schema"),
         request_max_body_size=max_body_bytes,
         on_startup=[lambda: state.engine.start()],
@@ -167,4 +166,6 @@ def create_app(state: ServerState, hub: Any = None, *, max_body_bytes: int = 1 <
         debug=False,
     )
     app.state.server = state
+    # outside Litestar's router, so requests for unknown paths are logged and counted too
+    app.asgi_handler = AccessLogMiddleware(app.asgi_handler, observe)
     return app
