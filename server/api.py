@@ -9,12 +9,14 @@ fields are checked by :func:`server.schemas.decode`, responses built by
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from litestar import Request, get, post
 from litestar.response import Stream
 
+from server.accesslog import on_close
 from server.cache import AdapterUnavailable, CacheBusy
 from server.engine import GenRequest, QueueFullError
 from server.errors import APIError, not_found
@@ -106,6 +108,10 @@ async def read_request(request: Request, kind: type[SamplingFields]) -> Any:
         data = decode(await request.body(), kind, strict=strict)
     except BadRequest as exc:
         raise APIError(400, exc.message, param=exc.param) from None
+    except RecursionError:
+        raise APIError(400, "request body is not valid JSON: nested too deeply") from None
+    except UnicodeDecodeError as exc:
+        raise APIError(400, f"request body is not valid UTF-8 JSON: {exc.reason}") from None
     vocab = len(srv.tokenizer)
     for token in data.logit_bias or {}:
         if not 0 <= token < vocab:
@@ -122,10 +128,11 @@ async def completions(request: Request) -> Any:
     """Text completion with the adapter named by ``model``."""
     srv = server_of(request)
     caller = srv.authenticate(request)
+    leave = srv.admit(request)  # a full queue is 429 before the body is read
     data: CompletionRequest = await read_request(request, CompletionRequest)
     prompt_ids = await anyio.to_thread.run_sync(_tokenize, srv, data.text())
     echo = data.text() if data.echo else ""
-    return await _generate(request, caller, data, prompt_ids, chat=False, echo=echo)
+    return await _generate(request, caller, data, prompt_ids, chat=False, echo=echo, leave=leave)
 
 
 @post("/v1/chat/completions", status_code=200)
@@ -133,6 +140,7 @@ async def chat_completions(request: Request) -> Any:
     """Chat completion: the messages go through the base's chat template."""
     srv = server_of(request)
     caller = srv.authenticate(request)
+    leave = srv.admit(request)  # a full queue is 429 before the body is read
     data: ChatCompletionRequest = await read_request(request, ChatCompletionRequest)
     # ``developer`` is the system turn of newer OpenAI clients
     messages = [
@@ -150,7 +158,7 @@ async def chat_completions(request: Request) -> Any:
             400, f"the base's chat template refused these messages: {exc}", param="messages"
         ) from None
     prompt_ids = await anyio.to_thread.run_sync(_tokenize, srv, text)
-    return await _generate(request, caller, data, prompt_ids, chat=True)
+    return await _generate(request, caller, data, prompt_ids, chat=True, leave=leave)
 
 
 def _tokenize(srv: ServerState, text: str) -> list[int]:
@@ -172,6 +180,7 @@ async def _generate(
     *,
     chat: bool,
     echo: str = "",
+    leave: Callable[[], None] = lambda: None,
 ) -> Any:
     srv = server_of(request)
     log = request.scope["state"]["log"]
@@ -202,6 +211,7 @@ async def _generate(
     def on_event(index: int):
         return lambda ev: loop.call_soon_threadsafe(events.put_nowait, (index, ev))
 
+    request_id = request.scope["state"].get("request_id", "-")
     reqs = [
         GenRequest(
             prompt_ids=prompt_ids,
@@ -218,21 +228,16 @@ async def _generate(
             logprobs=data.top_logprobs_wanted(),
             timeout_s=srv.request_timeout_s,
             release=release,
+            request_id=request_id if data.n == 1 else f"{request_id}/{i}",
+            adapter=str(entry.ref) if entry else BASE_MODEL,
+            team=caller.team,
         )
         for i in range(data.n)
     ]
-    for i, req in enumerate(reqs):
-        try:
-            srv.engine.submit(req)
-        except QueueFullError:
-            for queued in reqs[:i]:
-                queued.cancel()
-            running[0] -= data.n - i  # those never reached the engine
-            if entry is not None and running[0] == 0:
-                srv.cache.release(entry)
-            raise APIError(
-                429, "the server is at capacity; retry shortly", headers={"Retry-After": "1"}
-            ) from None
+    _submit(srv, reqs, entry, running)
+    leave()  # queued: the engine's queue counts it from now on
+    # whatever ends the HTTP exchange (a client gone mid-stream too) ends the rows
+    on_close(request.scope, lambda: [req.cancel() for req in reqs])
     stream = data.stream_options
     shape = ReplyShape(
         chat=chat,
@@ -252,6 +257,28 @@ async def _generate(
         return await reply.whole(request)
     except ReplyError as exc:
         raise APIError(exc.status, exc.message) from None
+
+
+def _submit(srv: ServerState, reqs: list[GenRequest], entry: Any, running: list[int]) -> None:
+    """Queue every choice; on any failure cancel those queued and give the pin back."""
+    submitted = 0
+    try:
+        for req in reqs:
+            srv.engine.submit(req)
+            submitted += 1
+    except BaseException as exc:
+        for queued in reqs[:submitted]:
+            queued.cancel()
+        running[0] -= len(reqs) - submitted  # those never reached the engine
+        if entry is not None and running[0] == 0:
+            srv.cache.release(entry)
+        if isinstance(exc, QueueFullError):
+            raise APIError(
+                429, "the server is at capacity; retry shortly", headers={"Retry-After": "1"}
+            ) from None
+        if isinstance(exc, ValueError):
+            raise APIError(400, str(exc)) from None
+        raise
 
 
 def _check_lengths(srv: ServerState, data: SamplingFields, prompt_len: int, chat: bool) -> int:

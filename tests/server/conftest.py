@@ -62,6 +62,11 @@ class LiveServer:
                 return float(value)
         return 0.0
 
+    def stop(self) -> None:
+        """Stop uvicorn (and with it the engine)."""
+        self.uvicorn.should_exit = True
+        self.thread.join(timeout=30)
+
     def wait_idle(self, timeout_s: float = 60.0) -> None:
         """Wait until the engine has no decoding row and no waiting request (per /metrics)."""
         deadline = time.monotonic() + timeout_s
@@ -230,3 +235,60 @@ def vault_server(tmp_path_factory: pytest.TempPathFactory, embedded_base: Path):
     yield LiveServer(url, tokens, state, publisher, home, hub, server, thread)
     server.should_exit = True
     thread.join(timeout=30)
+
+
+SMALL_ADAPTERS = ["r0", "r1", "r2"]
+
+
+@pytest.fixture(scope="session")
+def small_home(tmp_path_factory: pytest.TempPathFactory, embedded_base: Path) -> dict[str, Any]:
+    """A data directory without trained adapters (fast): ``r0``..``r2`` (alpha's, shared
+    with the server), ``beta-only`` (beta's, shared with the server), `local` storage, and
+    keys ``alpha``, ``beta`` and ``admin``."""
+    from hub.config import load_settings
+    from hub.plugins import Hub
+    from hub.store import open_store
+    from server.auth import KeyStore
+    from server.random_adapter import random_lora_payload
+
+    home = tmp_path_factory.mktemp("small-home")
+    hub = Hub()
+    settings = load_settings(home)
+    settings.override("hub.storage", "local")
+    store = open_store(hub, settings)
+    for i, name in enumerate(SMALL_ADAPTERS):
+        payload = random_lora_payload(embedded_base, name, seed=200 + i, r=8)
+        store.push(payload, team="alpha", share_with=["server"])
+    payload = random_lora_payload(embedded_base, "beta-only", seed=210, r=8)
+    store.push(payload, team="beta", share_with=["server"])
+    keys = KeyStore(home)
+    tokens = {
+        "alpha": keys.create("alpha")[1],
+        "beta": keys.create("beta")[1],
+        "admin": keys.create("ops", admin=True)[1],
+    }
+    return {"home": home, "hub": hub, "store": store, "keys": tokens}
+
+
+def start_small_server(
+    small_home: dict[str, Any], embedded_base: Path, **values: Any
+) -> LiveServer:
+    """A server on ``small_home`` with ``serve.*`` settings overridden (``max_queue=2`` means
+    ``serve.max_queue``); stop it with :meth:`LiveServer.stop`."""
+    from hub.config import load_settings
+    from server.app import build_state, create_app
+    from server.model import load_served_base
+
+    settings = load_settings(small_home["home"])
+    settings.override("hub.storage", "local")
+    settings.override("serve.rate_limit_per_minute", 100_000)
+    for key, value in values.items():
+        settings.override(f"serve.{key}", value)
+    hub = small_home["hub"]
+    loaded = load_served_base(hub, embedded_base)
+    state = build_state(hub, settings, loaded, small_home["store"], identity="server")
+    app = create_app(state, hub, max_body_bytes=settings.get("serve.max_body_bytes"))
+    server, thread, url = start_uvicorn(app)
+    return LiveServer(
+        url, small_home["keys"], state, small_home["store"], small_home["home"], hub, server, thread
+    )
