@@ -311,3 +311,44 @@ def test_opt_serves_a_mixed_batch_and_its_base_rows(hub, tiny) -> None:
     assert all(end == ("done", "length") for _, end in mixed)
     assert mixed == alone
     assert alone[0][0] != alone[1][0]  # the adapter row differs from the base row
+
+
+def test_merge_writes_gpt2_conv1d_weights_the_way_gpt2_loads_them(hub, tiny, tmp_path) -> None:
+    """Dequantizing turns GPT-2's Conv1D into nn.Linear; the merge saves them as Conv1D again."""
+    from transformers import AutoModelForCausalLM
+
+    from plugins.trainer.merge import merge_adapter
+
+    base = tiny("gpt2")
+    payload = lora_payload(hub.quantizers["nf4"].load(base), "g", seed=6)
+    report = merge_adapter(hub, str(base), payload, tmp_path / "merged")
+    assert report["max_abs_diff"] < 0.1 * report["logit_scale"]
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    layer = merged.transformer.h[0]
+    assert type(layer.attn.c_attn).__name__ == "Conv1D"
+    assert tuple(layer.attn.c_attn.weight.shape) == (64, 192)
+    assert tuple(layer.mlp.c_fc.weight.shape) == (64, 256)
+    assert [p.name for p in tmp_path.iterdir()] == ["merged"]
+
+
+def test_a_merge_that_fails_leaves_nothing_behind(hub, tiny, tmp_path) -> None:
+    """Finite weights whose scaled product overflows when folded in: refused, nothing left."""
+    from safetensors.torch import load, save
+
+    base = tiny("llama")
+    payload = lora_payload(hub.quantizers["nf4"].load(base), "huge", seed=7)
+    tensors = load(payload.files[AdapterPayload.WEIGHTS])
+    tensors = {k: (v * 1e4 if "lora_B" in k else v) for k, v in tensors.items()}
+    config = {**payload.config(), "lora_alpha": 1e36}
+    files = {
+        AdapterPayload.CONFIG: json.dumps(config).encode(),
+        AdapterPayload.WEIGHTS: save(tensors),
+    }
+    payload = AdapterPayload(name="huge", files=files)
+    from plugins.trainer.merge import merge_adapter
+
+    with pytest.raises(ValidationError) as err:
+        merge_adapter(hub, str(base), payload, tmp_path / "merged")
+    assert str(err.value).startswith("merging huge gives a model that does not reproduce base")
+    assert str(err.value).endswith("nothing was written")
+    assert list(tmp_path.iterdir()) == []
