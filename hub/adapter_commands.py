@@ -1,60 +1,48 @@
-"""``qlora-hub adapters ...`` and ``qlora-hub audit verify``.
+"""``qlora-hub adapters ...``: the core's commands over whichever backend ``hub.storage`` names.
 
-They work with whichever backend ``hub.storage`` names (``vault`` by default).
-The acting team comes from ``--team`` or ``$QLORA_HUB_TEAM`` (setting
-``hub.team``); a protected key file's passphrase from ``$QLORA_HUB_PASSPHRASE``
-or a prompt.
+Every command goes through :mod:`hub.adapters` (names, validation, policy
+hooks, lifecycle hooks, the acting team), so they work the same with any
+backend, and say only what the backend declares it does (``capabilities``):
+no "encrypted", "verified" or "re-encrypted" for a backend that is none of
+those. The acting team comes from ``--team`` or ``$QLORA_HUB_TEAM`` (setting
+``hub.team``); a protected key file's passphrase from
+``$QLORA_HUB_PASSPHRASE`` or a prompt.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import click
 
 from hub.cli import CliState, pass_state
-from hub.errors import ConfigError, UnknownNameError, ValidationError
-from hub.types import AdapterPayload, AdapterRef
-from plugins.vault.names import check_name
-from plugins.vault.team_commands import passphrase_source
-from plugins.vault.validation import refuse_pickles
-
-METADATA_FILE = "training_metadata.json"
+from hub.errors import ConfigError, UnknownNameError
+from hub.team_commands import passphrase_source
+from hub.types import AdapterRef
 
 team_option = click.option(
     "--team", default=None, metavar="TEAM", help="Acting team [env QLORA_HUB_TEAM]."
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+base_option = click.option(
+    "--base",
+    default=None,
+    metavar="DIR|FINGERPRINT",
+    help="Base model (directory, checkpoint or fingerprint) the adapter was trained on; "
+    "recorded so the server refuses it on another base [default: the trainer's manifest].",
+)
 
 
 def open_for(state: CliState, team: str | None) -> Any:
-    """Open the configured storage backend acting as ``team``."""
+    """The core's adapter lifecycle over the configured backend, acting as ``team``."""
     from hub.store import open_store
 
     state.writable_home()
     team = team or state.settings.get("hub.team") or None
     return open_store(state.hub, state.settings, team=team, passphrase=passphrase_source(team))
-
-
-def read_adapter_dir(directory: Path, name: str) -> tuple[AdapterPayload, dict[str, Any]]:
-    """A PEFT directory as a payload (pickles refused) plus its optional training metadata."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise ValidationError(f"{directory} is not a directory: pass a PEFT adapter directory")
-    refuse_pickles(directory)
-    payload = AdapterPayload.from_dir(directory, check_name(name))
-    meta: dict[str, Any] = {}
-    if (directory / METADATA_FILE).is_file():
-        try:
-            meta = json.loads((directory / METADATA_FILE).read_bytes())
-        except ValueError as exc:
-            raise ValidationError(f"{directory / METADATA_FILE} is not JSON ({exc})") from None
-    return payload, meta
 
 
 def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -67,41 +55,44 @@ def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def _stored_as(store: Any) -> str:
+    caps = store.capabilities
+    done = [w for w, c in (("signed", "signed"), ("encrypted", "encrypted")) if c in caps]
+    return " and ".join(done) if done else f"{store.name}: not signed or encrypted"
+
+
 @click.command("push")
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--name", required=True, help="Adapter name (ASCII letters, digits, . _ -).")
 @click.option(
     "--share-with", multiple=True, metavar="TEAM", help="Also readable by TEAM (repeatable)."
 )
-@click.option(
-    "--meta", multiple=True, metavar="KEY=VALUE", help="Extra signed metadata (repeatable)."
-)
+@click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Extra metadata (repeatable).")
+@base_option
 @team_option
 @pass_state
-def push(state, directory, name, share_with, meta, team) -> None:
-    """Validate, sign, encrypt and store the adapter in DIRECTORY as a new version of NAME."""
-    payload, metadata = read_adapter_dir(directory, name)
+def push(state, directory, name, share_with, meta, base, team) -> None:
+    """Validate and store the adapter in DIRECTORY (or a training run) as a new version of NAME."""
+    from hub.adapter_dirs import import_metadata, read_adapter_dir
+
+    payload, found = read_adapter_dir(directory, name)
     store = open_for(state, team)
-    ref = store.push(
-        payload,
-        team=team,
-        metadata=metadata | _parse_meta(meta),
-        share_with=share_with,
-    )
-    click.echo(f"pushed {ref} ({payload.nbytes:,} bytes)")
+    metadata = import_metadata(found, base, _parse_meta(meta))
+    ref = store.push(payload, team=team, metadata=metadata, share_with=share_with)
+    click.echo(f"pushed {ref} ({payload.nbytes:,} bytes, {_stored_as(store)})")
 
 
 @click.command("import")
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--name", required=True, help="Adapter name to store it under.")
+@base_option
 @team_option
 @pass_state
-def import_cmd(state, directory, name, team) -> None:
+def import_cmd(state, directory, name, base, team) -> None:
     """Import a plain PEFT directory (safetensors + JSON; pickle files are refused)."""
-    payload, metadata = read_adapter_dir(directory, name)
     store = open_for(state, team)
-    ref = store.push(
-        payload, team=team, metadata=metadata | {"imported_from": Path(directory).name}
+    ref = store.import_dir(
+        directory, name, team=team, base=base, metadata={"imported_from": Path(directory).name}
     )
     click.echo(f"imported {directory} as {ref}")
 
@@ -112,7 +103,7 @@ def import_cmd(state, directory, name, team) -> None:
 @json_option
 @pass_state
 def pull(state, ref, team, as_json) -> None:
-    """Fetch REF (NAME, NAME@N, NAME@latest), verify and decrypt it in memory; print a summary."""
+    """Fetch REF (NAME, NAME@N, NAME@latest), check and validate it in memory; print a summary."""
     store = open_for(state, team)
     p = store.pull(AdapterRef.parse(ref), team=team)
     info = {
@@ -120,11 +111,13 @@ def pull(state, ref, team, as_json) -> None:
         "publisher": p.manifest.get("publisher"),
         "files": {n: hashlib.sha256(b).hexdigest() for n, b in sorted(p.files.items())},
         "bytes": p.nbytes,
+        "signed": "signed" in store.capabilities,
     }
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
-        click.echo(f"{info['ref']} by {info['publisher']}: {p.nbytes:,} bytes, verified")
+        checked = "verified" if info["signed"] else "hashes checked (not signed)"
+        click.echo(f"{info['ref']} by {info['publisher']}: {p.nbytes:,} bytes, {checked}")
         for n, h in info["files"].items():
             click.echo(f"  {n}  sha256 {h[:16]}")
 
@@ -163,10 +156,8 @@ def list_cmd(state, team, as_json) -> None:
 @team_option
 @pass_state
 def show(state, ref, team) -> None:
-    """Print the verified, signed manifest of REF and who can read it (JSON)."""
+    """Print the stored manifest of REF and who can read it (JSON)."""
     store = open_for(state, team)
-    if not hasattr(store, "show"):
-        raise ConfigError(f"storage backend {store.name!r} has no manifests to show")
     click.echo(json.dumps(store.show(AdapterRef.parse(ref), team=team), indent=2))
 
 
@@ -176,7 +167,7 @@ def show(state, ref, team) -> None:
 @team_option
 @pass_state
 def share(state, ref, with_team, team) -> None:
-    """Let TEAM read REF (every version when no @N); the payload is not re-encrypted."""
+    """Let TEAM read REF (every version when no @N)."""
     out = open_for(state, team).share(AdapterRef.parse(ref), team=team, with_team=with_team)
     click.echo(f"shared {AdapterRef.parse(ref)} with {with_team} (latest shared: {out})")
 
@@ -187,9 +178,17 @@ def share(state, ref, with_team, team) -> None:
 @team_option
 @pass_state
 def revoke(state, ref, from_team, team) -> None:
-    """Stop TEAM reading NAME: re-encrypt for the remaining teams as a new version."""
-    out = open_for(state, team).revoke(AdapterRef.parse(ref), team=team, from_team=from_team)
-    click.echo(f"revoked {from_team} from {AdapterRef.parse(ref).name}; re-encrypted as {out}")
+    """Stop TEAM reading NAME from now on (re-encrypted as a new version where the backend can)."""
+    store = open_for(state, team)
+    out = store.revoke(AdapterRef.parse(ref), team=team, from_team=from_team)
+    name = AdapterRef.parse(ref).name
+    if "revoke_reencrypts" in store.capabilities:
+        click.echo(f"revoked {from_team} from {name}; re-encrypted as {out}")
+    else:
+        click.echo(
+            f"revoked {from_team} from {name} (latest {out}); backend {store.name} does not "
+            f"re-encrypt: copies {from_team} already pulled stay readable to it"
+        )
 
 
 @click.command("delete")
@@ -212,32 +211,9 @@ def delete(state, ref, yes, team) -> None:
 @team_option
 @pass_state
 def export(state, ref, out, team) -> None:
-    """Write REF as a plain PEFT directory (the only way plaintext reaches disk)."""
-    if out.exists() and any(out.iterdir()):
-        raise ValidationError(f"{out} exists and is not empty: choose a new directory")
-    p = open_for(state, team).pull(AdapterRef.parse(ref), team=team)
-    write_dir_atomically(out, p.files)
+    """Write REF as a plain PEFT directory (validated first; the only way plaintext reaches disk)."""
+    p = open_for(state, team).export(AdapterRef.parse(ref), out, team=team)
     click.echo(f"exported {p.ref} to {out}")
-
-
-def write_dir_atomically(out: Path, files: dict[str, bytes]) -> None:
-    """Write ``files`` into a temp directory beside ``out``, fsync, then rename into place."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.mkdir(mode=0o700)
-    try:
-        for fname, data in files.items():
-            with open(tmp / fname, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 @click.command("verify")
@@ -246,7 +222,8 @@ def write_dir_atomically(out: Path, files: dict[str, bytes]) -> None:
 @json_option
 @pass_state
 def verify(state, ref, team, as_json) -> None:
-    """Verify signature, trust, every chunk and every hash of REF (default: all visible)."""
+    """Check REF (default: all visible) as a pull does: hashes, validation, and signatures
+    and trust where the backend signs."""
     store = open_for(state, team)
     refs = (
         [AdapterRef.parse(ref)]
@@ -255,49 +232,19 @@ def verify(state, ref, team, as_json) -> None:
     )
     if not refs:
         raise UnknownNameError("nothing to verify: no adapters are visible to this team")
-    results = []
-    for r in refs:
-        if hasattr(store, "verify"):
-            results.append(store.verify(r, team=team))
-        else:
-            p = store.pull(r, team=team)
-            results.append({"ref": str(p.ref), "ok": True, "bytes": p.nbytes})
+    results = [store.verify(r, team=team) for r in refs]
     if as_json:
         click.echo(json.dumps(results, indent=2))
     else:
+        what = "signed, verified" if "signed" in store.capabilities else "hashes checked, unsigned"
         for res in results:
-            click.echo(f"ok  {res['ref']}  ({res['bytes']:,} bytes)")
+            click.echo(f"ok  {res['ref']}  ({res['bytes']:,} bytes, {what})")
 
 
-def _vault(state: CliState) -> Any:
-    from hub.store import open_store
-
-    return open_store(state.hub, state.settings, backend="vault")
-
-
-@click.command("verify")
-@pass_state
-def audit_verify(state) -> None:
-    """Check the audit log's hash chain; fails if an entry was edited or deleted."""
-    n = _vault(state).audit.verify()
-    click.echo(f"audit log ok: {n} entries, chain intact")
-
-
-@click.command("show")
-@click.option("--last", default=20, show_default=True, help="How many entries.")
-@pass_state
-def audit_show(state, last) -> None:
-    """Print the last entries of the audit log (JSON lines)."""
-    for e in _vault(state).audit.entries()[-last:]:
-        click.echo(json.dumps(e, sort_keys=True))
+COMMANDS = (push, import_cmd, pull, list_cmd, show, share, revoke, delete, export, verify)
 
 
 def add_to(cli: click.Group) -> None:
-    """Attach the adapters commands and create the ``audit`` group."""
-    group = cli.commands["adapters"]
-    for cmd in (push, import_cmd, pull, list_cmd, show, share, revoke, delete, export, verify):
-        group.add_command(cmd)
-    audit = click.Group(name="audit", help="The vault's hash-chained audit log.")
-    audit.add_command(audit_verify)
-    audit.add_command(audit_show)
-    cli.add_command(audit)
+    """Attach the adapters commands to the core ``adapters`` group."""
+    for cmd in COMMANDS:
+        cli.commands["adapters"].add_command(cmd)

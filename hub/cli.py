@@ -37,7 +37,7 @@ class CliState:
     def settings(self) -> Settings:
         """Effective settings (loaded on first use, so ``--help`` reads no file)."""
         if self._settings is None:
-            self._settings = load_settings(self.home, self.config_file)
+            self._settings = load_settings(self.home, self.config_file, self.hub)
         return self._settings
 
     def writable_home(self) -> Path:
@@ -183,6 +183,13 @@ def _demo_command() -> click.Command:
     return demo_cmd
 
 
+def _core_commands(root: click.Group) -> None:
+    from hub import adapter_commands, team_commands
+
+    team_commands.add_to(root)
+    adapter_commands.add_to(root)
+
+
 def make_cli(hub: Hub) -> click.Group:
     """A fresh root group with the core commands and every plugin's commands."""
     root = click.Group(
@@ -195,6 +202,7 @@ def make_cli(hub: Hub) -> click.Group:
     for name, help_text in _GROUPS.items():
         root.add_command(click.Group(name=name, help=help_text))
     root.commands["base"].add_command(base_init)
+    _core_commands(root)
     root.add_command(plugins_cmd)
     root.add_command(config_cmd)
     root.add_command(_demo_command())

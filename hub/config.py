@@ -5,6 +5,10 @@ Every key has an environment variable: ``QLORA_HUB_<KEY>`` for keys of the
 ``[hub]`` table, ``QLORA_HUB_<TABLE>_<KEY>`` for the others (``serve.port``
 is ``QLORA_HUB_SERVE_PORT``). Unknown tables or keys are an error naming the
 key and the file, so a typo never silently falls back to a default.
+
+Plugins declare their own tables with the ``register_settings`` hook; pass
+the :class:`hub.plugins.Hub` to :func:`load_settings` so those tables are
+known (the CLI always does).
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ SCHEMA: dict[str, dict[str, tuple[Any, type]]] = {
     "hub": {
         "storage": ("vault", str),
         "team": ("", str),
-        "quantizer": ("nf4", str),
+    },
+    "adapters": {
+        "max_bytes": (2 << 30, int),  # push, import and pull refuse larger adapters
+        "max_abs_weight": (1000.0, float),  # largest |weight| accepted; 0 switches it off
     },
     "quantize": {
         "method": ("nf4", str),
@@ -80,6 +87,13 @@ SCHEMA: dict[str, dict[str, tuple[Any, type]]] = {
         "rate_limit_per_minute": (600, int),
         "list_ttl_s": (2.0, float),
         "max_body_bytes": (1 << 20, int),
+        "limit_concurrency": (2048, int),  # open connections + requests; beyond: 503
+        "header_timeout_s": (10.0, float),  # a request's headers must arrive within this
+        "keep_alive_timeout_s": (5.0, float),
+        "max_header_bytes": (16384, int),
+        "graceful_shutdown_s": (30.0, float),
+        "metrics_max_label_values": (100, int),
+        "unknown_fields": ("reject", str),  # request fields no OpenAI field: "reject" or "ignore"
     },
     "fed": {
         "poly_modulus_degree": (8192, int),
@@ -149,6 +163,7 @@ class Settings:
     config_file: Path | None
     values: dict[str, dict[str, Any]] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
+    schema: dict[str, dict[str, tuple[Any, type]]] = field(default_factory=lambda: SCHEMA)
 
     def get(self, dotted: str) -> Any:
         """Value of ``table.key``."""
@@ -163,22 +178,82 @@ class Settings:
         if value is None:
             return
         table, _, key = dotted.partition(".")
-        typ = SCHEMA[table][key][1]
+        typ = self.schema[table][key][1]
         self.values[table][key] = _coerce(value, typ, "command line", dotted)
         self.sources[dotted] = "flag"
 
 
-def load_settings(home: Path | None = None, config_file: Path | None = None) -> Settings:
+def plugin_schema(hub: Any) -> dict[str, dict[str, tuple[Any, type]]]:
+    """The settings tables plugins declare through ``register_settings``.
+
+    A table must be a new identifier (no core table, no other plugin's); each
+    key maps to ``(default, type)`` with ``type`` one of bool, int, float,
+    str, list. A mistake is a :class:`PluginError` naming the plugin.
+    """
+    from hub.errors import PluginError
+
+    out: dict[str, dict[str, tuple[Any, type]]] = {}
+    owners: dict[str, str] = {}
+    for impl in hub.pm.hook.register_settings.get_hookimpls():
+
+        def register(table: str, keys: Any, _p: str = impl.plugin_name) -> None:
+            if not isinstance(table, str) or not table.isidentifier() or table in SCHEMA:
+                raise PluginError(
+                    f"plugin {_p!r} declared settings table {table!r}: use a new identifier, "
+                    f"not a core table ({', '.join(SCHEMA)})"
+                )
+            if table in out:
+                raise PluginError(
+                    f"settings table [{table}] is declared by both plugins {owners[table]!r} "
+                    f"and {_p!r}: switch one off with --disable-plugin"
+                )
+            schema = {}
+            for key, spec in dict(keys).items():
+                ok = isinstance(spec, tuple) and len(spec) == 2 and spec[1] in _TYPES
+                if not (ok and isinstance(key, str) and key.isidentifier()):
+                    raise PluginError(
+                        f"plugin {_p!r} declared setting {table}.{key} as {spec!r}: use "
+                        "KEY=(default, type) with type bool, int, float, str or list"
+                    )
+                schema[key] = (
+                    _coerce(spec[0], spec[1], f"plugin {_p!r}", f"{table}.{key}"),
+                    spec[1],
+                )
+            out[table], owners[table] = schema, _p
+
+        try:
+            impl.function(register=register)
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {impl.plugin_name!r} failed in register_settings: "
+                f"{type(exc).__name__}: {exc}; switch it off with --disable-plugin "
+                f"{impl.plugin_name}"
+            ) from exc
+    return out
+
+
+_TYPES = (bool, int, float, str, list)
+
+
+def load_settings(
+    home: Path | None = None, config_file: Path | None = None, hub: Any = None
+) -> Settings:
     """Build settings from defaults, the TOML file, and the environment.
 
     Args:
         home: data directory (default :func:`default_home`).
         config_file: explicit file (``--config``); must exist. Default:
             ``<home>/qlora-hub.toml`` if present.
+        hub: the plugin host; its plugins' ``register_settings`` tables become
+            known tables (without it, only the core's are).
     """
     home = Path(home) if home else default_home()
     settings = Settings(home=home, config_file=None)
-    for table, keys in SCHEMA.items():
+    schema = {**SCHEMA, **(plugin_schema(hub) if hub is not None else {})}
+    settings.schema = schema
+    for table, keys in schema.items():
         settings.values[table] = {k: d for k, (d, _) in keys.items()}
         settings.sources.update({f"{table}.{k}": "default" for k in keys})
 
@@ -192,23 +267,23 @@ def load_settings(home: Path | None = None, config_file: Path | None = None) -> 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
         for table, body in data.items():
-            if table not in SCHEMA:
+            if table not in schema:
                 raise ConfigError(
-                    f"{path}: unknown table [{table}]; known tables are {', '.join(SCHEMA)}"
+                    f"{path}: unknown table [{table}]; known tables are {', '.join(schema)}"
                 )
             if not isinstance(body, dict):
                 raise ConfigError(f"{path}: {table} must be a table ([{table}])")
             for key, value in body.items():
-                if key not in SCHEMA[table]:
+                if key not in schema[table]:
                     raise ConfigError(
                         f"{path}: unknown key '{table}.{key}'; known keys in [{table}] are "
-                        f"{', '.join(SCHEMA[table])}"
+                        f"{', '.join(schema[table])}"
                     )
-                typ = SCHEMA[table][key][1]
+                typ = schema[table][key][1]
                 settings.values[table][key] = _coerce(value, typ, str(path), f"{table}.{key}")
                 settings.sources[f"{table}.{key}"] = str(path)
 
-    for table, keys in SCHEMA.items():
+    for table, keys in schema.items():
         for key, (_, typ) in keys.items():
             name = env_name(table, key)
             if name in os.environ:

@@ -69,6 +69,21 @@ def register_aggregators(register):
 
 
 @hookspec
+def register_settings(register):
+    """Declare the plugin's own settings table (``[mytable]`` in ``qlora-hub.toml``).
+
+    :param register: callback ``register(table, keys)``; ``table`` is a new
+        identifier (not a core table, not another plugin's) and ``keys`` maps
+        each key to ``(default, type)``, ``type`` one of ``bool``, ``int``,
+        ``float``, ``str``, ``list``. The keys then load like the core's: from
+        the file (``--config`` included), from ``QLORA_HUB_<TABLE>_<KEY>``, and
+        show in ``qlora-hub config``; storage backends receive them in the
+        ``settings`` they are built with.
+    :return: ignored.
+    """
+
+
+@hookspec
 def register_routes(register):
     """Register extra HTTP route handlers mounted by ``qlora-hub serve``.
 
@@ -96,7 +111,10 @@ def register_commands(cli):
 def validate_adapter(adapter):
     """Policy check on an adapter before it is stored or loaded.
 
-    Called for every implementation; any problem vetoes the adapter.
+    Called for every implementation, on every push, import, pull and export
+    (by :mod:`hub.adapters`, whatever the backend); any problem vetoes the
+    adapter. Raising, or returning anything but ``None`` or a list of
+    strings, is an error naming the plugin.
 
     :param adapter: a :class:`hub.types.AdapterPayload` (name, version, files
         as bytes, manifest). Treat it as read-only.
@@ -111,18 +129,23 @@ def adapter_published(ref, team, manifest):
 
     :param ref: the :class:`hub.types.AdapterRef` of the new version.
     :param team: name of the team that published it.
-    :param manifest: the signed manifest, a ``dict`` (read-only).
+    :param manifest: what was published, a ``dict`` (read-only): ``name``,
+        ``version``, ``publisher``, ``base_fingerprint``, ``files`` (sha256 of
+        each file) and ``metadata``. Fired once per version, by the host.
     :return: ignored.
     """
 
 
 @hookspec
 def adapter_loaded(ref, team, where):
-    """Notification: an adapter version was read from storage into memory.
+    """Notification: an adapter version was read from storage into memory and validated.
+
+    Fired once per pull, by the host (:mod:`hub.adapters`), never by a backend.
 
     :param ref: the :class:`hub.types.AdapterRef` that was loaded.
     :param team: name of the team on whose behalf it was loaded.
-    :param where: short label of the consumer, e.g. ``"server"``, ``"cli"``, ``"fed"``.
+    :param where: short label of the consumer, e.g. ``"server"``, ``"cli"``, ``"fed"``,
+        ``"export"``, ``"verify"``.
     :return: ignored.
     """
 

@@ -21,14 +21,13 @@ import base64
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from hub.errors import AccessError, IntegrityError, ValidationError
+from hub.names import check_team_name
 
 SUITES = ("hybrid", "classical")
-TEAM_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 KEY_FORMAT = "qlora-hub-key/1"
 _PUBLIC_FORMAT = "qlora-hub-public/1"
 _ED25519_SIG = 64
@@ -42,16 +41,6 @@ def to_b64(data: bytes) -> str:
 def from_b64(text: str) -> bytes:
     """Inverse of :func:`to_b64`; raises ``ValueError`` on anything but strict base64."""
     return base64.b64decode(text.encode("ascii"), validate=True)
-
-
-def check_team_name(name: str) -> str:
-    """Return ``name`` if it is a valid team name (lowercase ASCII, 1-32 chars), else raise."""
-    if not isinstance(name, str) or not TEAM_NAME_RE.match(name):
-        raise ValidationError(
-            f"team name {name!r} is invalid: use 1-32 lowercase letters, digits, '-' or '_', "
-            "starting with a letter"
-        )
-    return name
 
 
 def _message(context: str, data: bytes) -> bytes:

@@ -1,4 +1,4 @@
-"""``qlora-hub team create|export-public|trust|list``."""
+"""``qlora-hub team create|export-public|trust|list``: the core's team commands (any backend)."""
 
 from __future__ import annotations
 

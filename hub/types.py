@@ -20,7 +20,7 @@ from hub.errors import ValidationError
 if TYPE_CHECKING:
     import torch
 
-_VERSION_RE = re.compile(r"^(?P<name>[^@]+?)(?:@(?P<version>latest|\d+))?$")
+_VERSION_RE = re.compile(r"(?P<name>[^@]+?)(?:@(?P<version>latest|[0-9]{1,9}))?", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class AdapterRef:
     @classmethod
     def parse(cls, text: str) -> AdapterRef:
         """Parse ``name``, ``name@N`` or ``name@latest`` (latest is ``version=None``)."""
-        m = _VERSION_RE.match(text or "")
+        m = _VERSION_RE.fullmatch(text or "")
         if not m:
             raise ValidationError(
                 f"adapter reference {text!r} is malformed: use NAME, NAME@VERSION or NAME@latest"
@@ -83,13 +83,15 @@ class AdapterPayload:
     @classmethod
     def from_dir(cls, path: Path, name: str, version: int | None = None) -> AdapterPayload:
         """Read a PEFT adapter directory (safetensors + JSON only)."""
+        from hub.adapter_dirs import MAX_WEIGHTS_FILE, read_regular  # never through a symlink
+
         path = Path(path)
         files = {}
         for fname in (cls.CONFIG, cls.WEIGHTS):
             p = path / fname
             if not p.is_file():
                 raise ValidationError(f"{path} is not a PEFT adapter directory: {fname} is missing")
-            files[fname] = p.read_bytes()
+            files[fname] = read_regular(p, MAX_WEIGHTS_FILE)
         return cls(name=name, files=files, version=version)
 
 

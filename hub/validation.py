@@ -1,25 +1,43 @@
-"""Checks on an adapter before it is stored: file set, JSON, safetensors, shapes, values.
+"""Checks on an adapter before it is stored and after it is loaded.
 
+File set, JSON, safetensors, LoRA shapes, finite values, a bound on the
+largest weight, sizes; then every plugin's ``validate_adapter`` policy.
 Only safetensors and JSON are ever parsed; pickle formats are refused by
 name before anything is read. Every problem is collected, then one
-ValidationError lists them all.
+ValidationError lists them all. :mod:`hub.adapters` runs these on every
+push, import, pull and export, whatever the backend.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hub.errors import ValidationError
+from hub.errors import PluginError, ValidationError
 from hub.types import AdapterPayload
 
 ALLOWED_FILES = frozenset({AdapterPayload.CONFIG, AdapterPayload.WEIGHTS})
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy")
 MAX_CONFIG_BYTES = 1 << 20
 MAX_TENSORS = 20_000
-_LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>A|B)(?:\.(?P<adapter>[^.]+))?\.weight$")
+_LORA_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<part>A|B)(?:\.(?P<adapter>[^.]+))?\.weight")
+DEFAULT_MAX_BYTES = 2 << 30
+DEFAULT_MAX_ABS_WEIGHT = 1000.0
+"""Trained LoRA weights stay within a few units (A starts near 1/sqrt(fan_in), B at
+zero); 1000 is far outside any trained adapter yet rejects weights scaled to blow up
+the activations of every request batched beside them."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds every adapter must respect (settings ``adapters.max_bytes``,
+    ``adapters.max_abs_weight``; ``max_abs_weight <= 0`` switches the bound off)."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_abs_weight: float = DEFAULT_MAX_ABS_WEIGHT
 
 
 def refuse_pickles(directory: Path) -> None:
@@ -32,32 +50,37 @@ def refuse_pickles(directory: Path) -> None:
         )
 
 
-def _tensor_facts(weights: bytes) -> dict[str, tuple[tuple[int, ...], bool]]:
-    """name -> (shape, all values finite). numpy first (fast, no torch); torch for bf16."""
+def _tensor_facts(weights: bytes) -> dict[str, tuple[tuple[int, ...], bool, float]]:
+    """name -> (shape, all values finite, largest finite |value|).
+
+    numpy first (fast, no torch); torch for bf16, which numpy cannot hold.
+    """
     try:
         import numpy as np
         from safetensors.numpy import load
 
         arrays = load(weights)
-        return {
-            k: (
-                tuple(a.shape),
-                not np.issubdtype(a.dtype, np.floating) or bool(np.isfinite(a).all()),
-            )
-            for k, a in arrays.items()
-        }
+        out = {}
+        for k, a in arrays.items():
+            floating = np.issubdtype(a.dtype, np.floating)
+            finite = not floating or bool(np.isfinite(a).all())
+            big = float(np.abs(a).max()) if floating and finite and a.size else 0.0
+            out[k] = (tuple(a.shape), finite, big)
+        return out
     except Exception:  # bf16 has no numpy dtype; a malformed header fails again below
         import torch
         from safetensors.torch import load as torch_load
 
-        tensors = torch_load(weights)
-        return {
-            k: (tuple(t.shape), not t.is_floating_point() or bool(torch.isfinite(t).all()))
-            for k, t in tensors.items()
-        }
+        out = {}
+        for k, t in torch_load(weights).items():
+            floating = t.is_floating_point()
+            finite = not floating or bool(torch.isfinite(t).all())
+            big = float(t.abs().max()) if floating and finite and t.numel() else 0.0
+            out[k] = (tuple(t.shape), finite, big)
+        return out
 
 
-def _tensor_problems(config: dict[str, Any], weights: bytes) -> list[str]:
+def _tensor_problems(config: dict[str, Any], weights: bytes, limits: Limits) -> list[str]:
     try:
         tensors = _tensor_facts(weights)
     except Exception as exc:  # safetensors raises SafetensorError for malformed headers
@@ -71,10 +94,16 @@ def _tensor_problems(config: dict[str, Any], weights: bytes) -> list[str]:
     targets = config.get("target_modules")
     rank_pattern = config.get("rank_pattern") or {}
     pairs: dict[str, dict[str, Any]] = {}
-    for key, (_, finite) in tensors.items():
+    for key, (_, finite, big) in tensors.items():
         if not finite:
             problems.append(f"tensor {key} contains NaN or Inf")
-        m = _LORA_KEY.match(key)
+        elif limits.max_abs_weight > 0 and big > limits.max_abs_weight:
+            problems.append(
+                f"tensor {key} holds |w| = {big:.3g}, over adapters.max_abs_weight="
+                f"{limits.max_abs_weight:g} (no trained adapter comes close; raise the "
+                "setting only for an adapter you trust)"
+            )
+        m = _LORA_KEY.fullmatch(key)
         if not m:
             continue
         module = m.group("module")
@@ -96,12 +125,14 @@ def _tensor_problems(config: dict[str, Any], weights: bytes) -> list[str]:
     return problems
 
 
-def check_adapter(adapter: AdapterPayload, *, max_bytes: int) -> None:
-    """Validate ``adapter`` (files, JSON, safetensors, LoRA shapes, finite values, sizes).
+def check_adapter(adapter: AdapterPayload, limits: Limits = Limits()) -> None:
+    """Validate ``adapter`` (files, JSON, safetensors, LoRA shapes, finite and bounded
+    values, sizes).
 
     Raises:
         ValidationError: listing every problem found.
     """
+    max_bytes = limits.max_bytes
     problems: list[str] = []
     names = set(adapter.files)
     if names != ALLOWED_FILES:
@@ -110,9 +141,7 @@ def check_adapter(adapter: AdapterPayload, *, max_bytes: int) -> None:
         problems += [f"file {n!r} is not allowed" for n in extra]
         problems += [f"file {n!r} is missing" for n in missing]
     if adapter.nbytes > max_bytes:
-        problems.append(
-            f"adapter is {adapter.nbytes} bytes, over vault.max_adapter_bytes={max_bytes}"
-        )
+        problems.append(f"adapter is {adapter.nbytes} bytes, over adapters.max_bytes={max_bytes}")
     config: dict[str, Any] = {}
     raw = adapter.files.get(AdapterPayload.CONFIG)
     if raw is not None:
@@ -130,15 +159,38 @@ def check_adapter(adapter: AdapterPayload, *, max_bytes: int) -> None:
         problems.append(f"{AdapterPayload.CONFIG} has no integer 'r'")
     weights = adapter.files.get(AdapterPayload.WEIGHTS)
     if weights is not None and config and not problems:
-        problems += _tensor_problems(config, weights)
+        problems += _tensor_problems(config, weights, limits)
     if problems:
         raise ValidationError(f"adapter {adapter.name!r} refused: " + "; ".join(problems))
 
 
 def run_policy_hooks(hub: Any, adapter: AdapterPayload) -> None:
-    """Call every ``validate_adapter`` hook; any problem vetoes the adapter."""
+    """Call every ``validate_adapter`` hook; any problem vetoes the adapter.
+
+    A hook must return ``None`` or a list of strings. One that raises, or
+    returns anything else (a bare string included), is a :class:`PluginError`
+    naming the plugin, so a broken policy never passes an adapter silently.
+    """
     if hub is None:
         return
-    problems = [p for res in hub.pm.hook.validate_adapter(adapter=adapter) or [] for p in res or []]
+    problems: list[str] = []
+    for impl in reversed(hub.pm.hook.validate_adapter.get_hookimpls()):  # pluggy's call order
+        args = {"adapter": adapter}
+        try:
+            result = impl.function(**{a: args[a] for a in impl.argnames})
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {impl.plugin_name!r} failed in validate_adapter: "
+                f"{type(exc).__name__}: {exc}; fix it or switch it off with "
+                f"--disable-plugin {impl.plugin_name}"
+            ) from exc
+        if result is None:
+            continue
+        if not isinstance(result, (list, tuple)) or not all(isinstance(p, str) for p in result):
+            raise PluginError(
+                f"plugin {impl.plugin_name!r} returned {type(result).__name__} "
+                f"{str(result)[:80]!r} from validate_adapter: return None or a list of strings"
+            )
+        problems += result
     if problems:
         raise ValidationError(f"adapter {adapter.name!r} vetoed by policy: " + "; ".join(problems))

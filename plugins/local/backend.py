@@ -1,8 +1,10 @@
 """The ``local`` storage backend: plain files, for development.
 
-Nothing is encrypted or signed: it keeps the same names, versions and
-per-team read lists as the vault so code can be developed against it, and
-checks SHA-256 of every file on pull to catch accidental corruption. Layout::
+Nothing is encrypted or signed (it declares no ``capabilities``): it keeps
+the same names, versions and per-team read lists as the vault so code can be
+developed against it, and checks SHA-256 of every file on pull to catch
+accidental corruption. Validation, policy and lifecycle hooks are the core's
+(:mod:`hub.adapters`); this module only stores. Layout::
 
     <root>/<name>/<version>/adapter_config.json, adapter_model.safetensors, record.json
     <root>/<name>/name.json   owner and highest version ever used (never reused)
@@ -23,10 +25,8 @@ from filelock import FileLock
 
 from hub.atomic import atomic_write
 from hub.errors import AccessError, ConfigError, IntegrityError, UnknownNameError, ValidationError
-from hub.identity import check_team_name
+from hub.names import check_name, check_team_name, collision_key
 from hub.types import AdapterPayload, AdapterRecord, AdapterRef
-from plugins.vault.names import check_name, collision_key
-from plugins.vault.validation import check_adapter, run_policy_hooks
 
 
 class LocalStore:
@@ -34,6 +34,7 @@ class LocalStore:
 
     name = "local"
     description = "Plain files for development: versions and team read lists, no encryption"
+    capabilities: frozenset[str] = frozenset()
 
     def __init__(
         self,
@@ -43,14 +44,13 @@ class LocalStore:
         team: str | None = None,
         passphrase: Any = None,
         home: Path | None = None,
-        max_adapter_bytes: int = 2 << 30,
+        settings: Any = None,
         **_ignored: Any,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.hub = hub
         self.team = team or os.environ.get("QLORA_HUB_TEAM") or None
-        self.max_adapter_bytes = max_adapter_bytes
         self._lock = FileLock(str(self.root / ".lock"))
 
     def _acting(self, team: str | None) -> str:
@@ -106,11 +106,9 @@ class LocalStore:
         metadata: Mapping[str, Any] | None = None,
         share_with: Iterable[str] = (),
     ) -> AdapterRef:
-        """Validate and store ``adapter`` as the next version (readers as in the vault)."""
+        """Store ``adapter`` as the next version (readers as in the vault)."""
         team = self._acting(team)
         name = check_name(adapter.name)
-        check_adapter(adapter, max_bytes=self.max_adapter_bytes)
-        run_policy_hooks(self.hub, adapter)
         with self._lock:
             for other in self.root.iterdir():
                 if other.name != name and collision_key(other.name) == collision_key(name):
@@ -150,10 +148,7 @@ class LocalStore:
                 self.root / name / "name.json",
                 json.dumps(info | {"last_version": version}).encode(),
             )
-        ref = AdapterRef(name, version)
-        if self.hub is not None:
-            self.hub.pm.hook.adapter_published(ref=ref, team=team, manifest=record)
-        return ref
+        return AdapterRef(name, version)
 
     def pull(
         self, ref: AdapterRef, *, team: str | None = None, where: str = "cli"
@@ -168,9 +163,6 @@ class LocalStore:
             if hashlib.sha256(data).hexdigest() != digest:
                 raise IntegrityError(f"{d / fname} does not match its recorded SHA-256")
             files[fname] = data
-        out = AdapterRef(rec["name"], rec["version"])
-        if self.hub is not None:
-            self.hub.pm.hook.adapter_loaded(ref=out, team=team, where=where)
         return AdapterPayload(rec["name"], files, rec["version"], rec)
 
     def list(self, *, team: str | None = None) -> list[AdapterRecord]:

@@ -1,8 +1,9 @@
 """Built-in plugin ``vault``: encrypted, signed adapter storage shared between teams.
 
 Registers the ``vault`` storage backend (the default ``hub.storage``) and the
-``team``, ``adapters``, ``audit`` and ``bench vault`` commands. Heavy work
-(cryptography, torch for validation) happens inside the backend's methods.
+``audit`` and ``bench vault`` commands (the ``team`` and ``adapters`` commands
+are the core's, for every backend). Heavy work (cryptography) happens inside
+the backend's methods.
 """
 
 from hub import hookimpl
@@ -18,9 +19,8 @@ def register_storage(register):
 
 @hookimpl
 def register_commands(cli):
-    """Add ``team ...``, ``adapters ...``, ``audit verify`` and ``bench vault``."""
-    from plugins.vault import bench, commands, team_commands
+    """Add ``audit verify|show`` and ``bench vault``."""
+    from plugins.vault import bench, commands
 
-    team_commands.add_to(cli)
     commands.add_to(cli)
     bench.add_to(cli)

@@ -84,3 +84,57 @@ def test_home_under_a_file_is_a_clear_error(tmp_path):
         ensure_home(blocker / "home")
     assert str(exc.value).startswith(f"home directory {blocker / 'home'} is not writable")
     assert str(exc.value).endswith("choose another with --home or QLORA_HUB_HOME")
+
+
+def _declaring(table, keys):
+    from hub import hookimpl
+
+    class P:
+        @hookimpl
+        def register_settings(self, register):
+            register(table, keys)
+
+    return P()
+
+
+def test_plugin_table_is_unknown_without_its_plugin(tmp_path):
+    (tmp_path / "qlora-hub.toml").write_text("[sqlite]\npath = 'x'\n")
+    with pytest.raises(ConfigError, match=r"unknown table \[sqlite\]"):
+        load_settings(tmp_path)
+
+
+def test_plugin_table_loads_and_shows_in_config(hub_factory, tmp_path, capsys):
+    from hub.cli import make_cli
+
+    (tmp_path / "qlora-hub.toml").write_text("[sqlite]\npath = 'x.db'\n")
+    hub = hub_factory(("sqlite", _declaring("sqlite", {"path": ("", str)})))
+    assert load_settings(tmp_path, hub=hub).get("sqlite.path") == "x.db"
+    make_cli(hub).main(["--home", str(tmp_path), "config"], standalone_mode=False, obj=hub)
+    assert "sqlite.path = 'x.db'" in capsys.readouterr().out
+
+
+def test_plugin_may_not_declare_a_core_table(hub_factory, tmp_path):
+    from hub.errors import PluginError
+
+    hub = hub_factory(("sneaky", _declaring("vault", {"root": ("/tmp", str)})))
+    with pytest.raises(PluginError, match="plugin 'sneaky' declared settings table 'vault'"):
+        load_settings(tmp_path, hub=hub)
+
+
+def test_plugin_setting_with_a_bad_type_names_the_plugin(hub_factory, tmp_path):
+    from hub.errors import PluginError
+
+    hub = hub_factory(("p", _declaring("mine", {"n": (1, dict)})))
+    with pytest.raises(PluginError, match=r"plugin 'p' declared setting mine.n"):
+        load_settings(tmp_path, hub=hub)
+
+
+def test_hub_quantizer_setting_is_gone(tmp_path):
+    (tmp_path / "qlora-hub.toml").write_text("[hub]\nquantizer = 'nf4'\n")
+    with pytest.raises(ConfigError, match="unknown key 'hub.quantizer'"):
+        load_settings(tmp_path)
+
+
+def test_adapter_bounds_have_documented_defaults(tmp_path):
+    s = load_settings(tmp_path)
+    assert (s.get("adapters.max_bytes"), s.get("adapters.max_abs_weight")) == (2 << 30, 1000.0)

@@ -218,3 +218,21 @@ def test_hook_key_provider(hub_factory):
 
     hub = hub_factory(("never", NeverAsked()), ("supplies", Supplies()), ("declines", Declines()))
     assert hub.pm.hook.key_provider(team="alpha", purpose="sign") == b"alpha:sign"
+
+
+def test_hook_register_settings(hub_factory, tmp_path, monkeypatch):
+    from hub.config import load_settings
+
+    class P:
+        @hookimpl
+        def register_settings(self, register):
+            register("sqlite", {"path": ("", str), "timeout_s": (5.0, float)})
+
+    (tmp_path / "qlora-hub.toml").write_text('[sqlite]\npath = "/srv/adapters.db"\n')
+    monkeypatch.setenv("QLORA_HUB_SQLITE_TIMEOUT_S", "2.5")
+    settings = load_settings(tmp_path, hub=hub_factory(("p", P())))
+    assert (settings.get("sqlite.path"), settings.get("sqlite.timeout_s")) == (
+        "/srv/adapters.db",
+        2.5,
+    )
+    assert settings.sources["sqlite.timeout_s"] == "$QLORA_HUB_SQLITE_TIMEOUT_S"

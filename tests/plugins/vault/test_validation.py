@@ -1,4 +1,5 @@
-"""What push refuses: bad files, bad tensors, policy vetoes; and what import refuses: pickles."""
+"""What the core refuses on a push to the vault: bad files, bad tensors, policy vetoes;
+and what import refuses: pickles. The vault itself only stores (hub.adapters validates)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,20 @@ import pytest
 from safetensors.numpy import save
 
 from hub import hookimpl
+from hub.adapters import Adapters
 from hub.errors import ValidationError
 from hub.testing.storage import sample_adapter
 from hub.types import AdapterPayload
+from hub.validation import refuse_pickles
 from plugins.vault.backend import Vault
-from plugins.vault.validation import refuse_pickles
 
 PREFIX = "base_model.model.model.layers.0.self_attn"
+
+
+@pytest.fixture
+def vault(vault):
+    """The vault acting as alpha, behind the core's lifecycle (as open_store gives it)."""
+    return Adapters(None, vault, team="alpha")
 
 
 def _with_tensors(tensors, **config):
@@ -82,7 +90,7 @@ def test_config_must_be_a_json_object(vault):
 def test_size_cap_is_enforced(home):
     vault = Vault(home / "storage" / "vault", team="alpha", max_adapter_bytes=1000)
     with pytest.raises(ValidationError, match="over vault.max_adapter_bytes=1000"):
-        vault.push(sample_adapter("upper"))
+        Adapters(None, vault).push(sample_adapter("upper"), team="alpha")
 
 
 def test_all_problems_are_listed_in_one_error(vault):
@@ -99,7 +107,7 @@ def test_validate_adapter_hook_can_veto(home, hub_factory):
         def validate_adapter(self, adapter):
             return ["names starting with 'u' are banned"] if adapter.name.startswith("u") else []
 
-    vault = Vault(home / "storage" / "vault", team="alpha", hub=hub_factory(Policy()))
+    vault = Adapters(hub_factory(Policy()), Vault(home / "storage" / "vault"), team="alpha")
     with pytest.raises(ValidationError, match="vetoed by policy: names starting with 'u'"):
         vault.push(sample_adapter("upper"))
     assert vault.push(sample_adapter("lower")).version == 1
@@ -117,7 +125,7 @@ def test_published_and_loaded_hooks_fire(home, hub_factory):
         def adapter_loaded(self, ref, team, where):
             seen.append(("loaded", str(ref), team, where))
 
-    vault = Vault(home / "storage" / "vault", team="alpha", hub=hub_factory(Listener()))
+    vault = Adapters(hub_factory(Listener()), Vault(home / "storage" / "vault"), team="alpha")
     ref = vault.push(sample_adapter("upper"))
     vault.pull(ref, where="server")
     assert seen == [

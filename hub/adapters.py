@@ -1,0 +1,297 @@
+"""The adapter lifecycle: every push, pull, share, revoke, delete, import and export.
+
+Storage backends keep bytes and records; the rules live here, the same for
+every backend:
+
+- one name grammar (:mod:`hub.names`) for adapters and teams;
+- adapter validation (:mod:`hub.validation`) and the ``validate_adapter``
+  hooks on store *and* load;
+- the lifecycle hooks ``adapter_published`` and ``adapter_loaded``, fired
+  exactly once per operation, here and nowhere else;
+- the acting team (``team=`` argument, else the default given when opening,
+  else setting ``hub.team``, else ``$QLORA_HUB_TEAM``);
+- the authorization decision (:meth:`Adapters.authorize`): owner-only
+  actions, and a pulled version must be the one that was asked for.
+
+:func:`hub.store.open_store` returns an :class:`Adapters` around the
+configured backend, so the CLI, the trainer, the server and the federated
+commands all go through this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from hub.errors import AccessError, ConfigError, IntegrityError, UnknownNameError, ValidationError
+from hub.names import check_name, check_team_name
+from hub.types import AdapterPayload, AdapterRecord, AdapterRef
+from hub.validation import Limits, check_adapter, run_policy_hooks
+
+TEAM_ENV = "QLORA_HUB_TEAM"
+MAX_METADATA_BYTES = 64 << 10
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}|hf:[A-Za-z0-9._/-]{1,200}", re.ASCII)
+
+CAPABILITIES = {
+    "encrypted": "payloads are encrypted at rest",
+    "signed": "manifests are signed by the publishing team and verified on every read",
+    "revoke_reencrypts": "revoke re-encrypts the content under a new key for the remaining teams",
+}
+"""What a backend may declare in its ``capabilities`` attribute (a set of these names).
+The commands claim only what the backend declares."""
+
+OWNER_ACTIONS = frozenset({"push", "share", "revoke", "delete"})
+READ_ACTIONS = frozenset({"pull", "export", "verify", "show"})
+
+
+def capabilities(backend: Any) -> frozenset[str]:
+    """The capabilities ``backend`` declares (none when it declares nothing)."""
+    return frozenset(getattr(backend, "capabilities", ()) or ())
+
+
+def check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``metadata`` as a plain dict: JSON, under 64 KiB, a well-formed base fingerprint."""
+    meta = dict(metadata or {})
+    try:
+        size = len(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"metadata must be JSON under 64 KiB ({exc})") from None
+    if size > MAX_METADATA_BYTES:
+        raise ValidationError(f"metadata must be JSON under 64 KiB (it is {size} bytes)")
+    fp = meta.get("base_fingerprint")
+    if fp is not None and not (isinstance(fp, str) and _FINGERPRINT.fullmatch(fp)):
+        raise ValidationError(
+            f"base_fingerprint {str(fp)[:80]!r} is not a base fingerprint (64 hex digits, or "
+            "hf:MODEL_ID): pass --base with the base model directory or its fingerprint"
+        )
+    return meta
+
+
+class Adapters:
+    """The core's view of one storage backend: the rules, then the backend's storage.
+
+    It satisfies :class:`hub.types.StorageBackend` itself, so code written
+    against a backend works unchanged.
+
+    Args:
+        hub: the plugin host whose hooks run (``None``: no hooks).
+        backend: the storage backend instance.
+        team: default acting team.
+        limits: validation bounds (default: settings ``adapters.*`` when opened
+            through :func:`hub.store.open_store`).
+    """
+
+    def __init__(
+        self,
+        hub: Any,
+        backend: Any,
+        *,
+        team: str | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        self.hub, self.backend = hub, backend
+        self.team = team
+        self.limits = limits or Limits()
+
+    def __repr__(self) -> str:
+        return f"Adapters({self.backend!r})"
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    @property
+    def description(self) -> str:
+        return self.backend.description
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What the backend declares it does (see :data:`CAPABILITIES`)."""
+        return capabilities(self.backend)
+
+    # -- the rules ---------------------------------------------------------------------
+    def acting(self, team: str | None = None) -> str:
+        """The acting team: ``team``, else the default, else ``$QLORA_HUB_TEAM``; checked."""
+        team = team or self.team or os.environ.get(TEAM_ENV) or None
+        if not team:
+            raise ConfigError(f"no acting team: pass --team NAME or set {TEAM_ENV}")
+        return check_team_name(team)
+
+    def authorize(self, action: str, team: str, ref: AdapterRef) -> None:
+        """The one authorization decision the core makes before asking the backend.
+
+        Owner-only actions (``push`` to an existing name, ``share``, ``revoke``,
+        ``delete``) are refused when the versions of ``ref.name`` that ``team``
+        can see were published by another team; ``share``, ``revoke`` and
+        ``delete`` of a name ``team`` cannot see are "unknown", so names do not
+        leak. The backend still refuses what only it can see (a name owned by a
+        team that never shared it). Reads are decided by the backend's read
+        list, then checked by :meth:`pull` (the version returned must be the one
+        asked for).
+        """
+        if action in READ_ACTIONS:
+            return
+        if action not in OWNER_ACTIONS:
+            raise ValueError(f"unknown action {action!r}")
+        owners = {r.team for r in self.backend.list(team=team) if r.name == ref.name}
+        if not owners:
+            if action != "push":
+                raise UnknownNameError(
+                    f"no adapter named {ref.name!r} visible to team {team!r}: check `adapters list`"
+                )
+            return
+        if owners != {team}:
+            owner = sorted(owners - {team})[0]
+            raise AccessError(
+                f"adapter {ref.name!r} belongs to team {owner!r}: only it can push, share, "
+                "revoke or delete"
+            )
+
+    def validate(self, adapter: AdapterPayload) -> None:
+        """Every check on ``adapter``: name, files, tensors, bounds, then the policy hooks."""
+        check_name(adapter.name)
+        check_adapter(adapter, self.limits)
+        run_policy_hooks(self.hub, adapter)
+
+    # -- the StorageBackend protocol ---------------------------------------------------
+    def push(
+        self,
+        adapter: AdapterPayload,
+        *,
+        team: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        share_with: Iterable[str] = (),
+    ) -> AdapterRef:
+        """Validate ``adapter``, store it as the next version, fire ``adapter_published`` once.
+
+        ``metadata["base_fingerprint"]`` defaults to the adapter manifest's, so the
+        server's base check runs on every published version.
+        """
+        team = self.acting(team)
+        self.validate(adapter)
+        meta = check_metadata(metadata)
+        base = (adapter.manifest or {}).get("base_fingerprint")
+        if base and "base_fingerprint" not in meta:
+            meta = check_metadata({**meta, "base_fingerprint": base})
+        readers = sorted({check_team_name(t) for t in share_with})
+        self.authorize("push", team, AdapterRef(adapter.name))
+        ref = self.backend.push(adapter, team=team, metadata=meta, share_with=readers)
+        if ref.name != adapter.name:
+            raise IntegrityError(f"storage stored {ref} for {adapter.name!r}")
+        published = {
+            "name": ref.name,
+            "version": ref.version,
+            "publisher": team,
+            "base_fingerprint": meta.get("base_fingerprint"),
+            "files": {n: hashlib.sha256(b).hexdigest() for n, b in sorted(adapter.files.items())},
+            "metadata": meta,
+        }
+        self._fire("adapter_published", ref=ref, team=team, manifest=published)
+        return ref
+
+    def pull(
+        self, ref: AdapterRef, *, team: str | None = None, where: str = "cli"
+    ) -> AdapterPayload:
+        """Fetch ``ref`` (latest readable when unversioned), check it is the version asked
+        for, validate it like a push, and fire ``adapter_loaded`` once."""
+        team = self.acting(team)
+        check_name(ref.name)
+        payload = self.backend.pull(ref, team=team, where=where)
+        if payload.name != ref.name or (ref.version is not None and payload.version != ref.version):
+            raise IntegrityError(
+                f"storage returned {payload.name}@{payload.version} when asked for {ref}"
+            )
+        self.validate(payload)
+        self._fire("adapter_loaded", ref=payload.ref, team=team, where=where)
+        return payload
+
+    def list(self, *, team: str | None = None) -> list[AdapterRecord]:
+        """The versions the acting team may read."""
+        return self.backend.list(team=self.acting(team))
+
+    def share(self, ref: AdapterRef, *, team: str | None = None, with_team: str) -> AdapterRef:
+        """Let ``with_team`` read ``ref`` (every version when unversioned); owner only."""
+        team = self.acting(team)
+        check_name(ref.name)
+        with_team = check_team_name(with_team)
+        self.authorize("share", team, ref)
+        return self.backend.share(ref, team=team, with_team=with_team)
+
+    def revoke(self, ref: AdapterRef, *, team: str | None = None, from_team: str) -> AdapterRef:
+        """Stop ``from_team`` reading ``ref.name`` from now on; owner only."""
+        team = self.acting(team)
+        check_name(ref.name)
+        from_team = check_team_name(from_team)
+        if from_team == team:
+            raise ValidationError("a team cannot revoke its own access: delete the adapter instead")
+        self.authorize("revoke", team, ref)
+        return self.backend.revoke(ref, team=team, from_team=from_team)
+
+    def delete(self, ref: AdapterRef, *, team: str | None = None) -> None:
+        """Remove a version (every version when unversioned); owner only."""
+        team = self.acting(team)
+        check_name(ref.name)
+        self.authorize("delete", team, ref)
+        self.backend.delete(ref, team=team)
+
+    # -- beyond the protocol ------------------------------------------------------------
+    def verify(self, ref: AdapterRef, *, team: str | None = None) -> dict[str, Any]:
+        """Every check a pull makes, without keeping the plaintext; a summary."""
+        payload = self.pull(ref, team=team, where="verify")
+        return {
+            "ref": str(payload.ref),
+            "publisher": (payload.manifest or {}).get("publisher"),
+            "files": len(payload.files),
+            "bytes": payload.nbytes,
+            "signed": "signed" in self.capabilities,
+            "ok": True,
+        }
+
+    def show(self, ref: AdapterRef, *, team: str | None = None) -> dict[str, Any]:
+        """The stored manifest of ``ref`` and who can read it, when the backend keeps one."""
+        team = self.acting(team)
+        check_name(ref.name)
+        if not hasattr(self.backend, "show"):
+            raise ConfigError(f"storage backend {self.name!r} has no manifests to show")
+        return self.backend.show(ref, team=team)
+
+    def export(self, ref: AdapterRef, out: Path, *, team: str | None = None) -> AdapterPayload:
+        """Pull and validate ``ref``, then write it as a plain PEFT directory at ``out``."""
+        from hub.adapter_dirs import write_dir_atomically
+
+        out = Path(out)
+        if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
+            raise ValidationError(f"{out} exists and is not empty: choose a new directory")
+        payload = self.pull(ref, team=team, where="export")
+        write_dir_atomically(out, payload.files)
+        return payload
+
+    def import_dir(
+        self,
+        directory: Path,
+        name: str,
+        *,
+        team: str | None = None,
+        base: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        share_with: Iterable[str] = (),
+    ) -> AdapterRef:
+        """Read a PEFT directory (or a training run), record its base, and push it.
+
+        ``base`` is a base model directory or its fingerprint; without it the
+        base fingerprint comes from the trainer's manifest when there is one.
+        """
+        from hub.adapter_dirs import import_metadata, read_adapter_dir
+
+        payload, found = read_adapter_dir(Path(directory), name)
+        meta = import_metadata(found, base, metadata)
+        return self.push(payload, team=team, metadata=meta, share_with=share_with)
+
+    def _fire(self, hook: str, **kwargs: Any) -> None:
+        if self.hub is not None:
+            getattr(self.hub.pm.hook, hook)(**kwargs)
