@@ -110,7 +110,8 @@ class FileBlobStore:
         if folder is None:
             raise self._missing(key)
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=folder)
+            # O_NONBLOCK: a FIFO planted in the store must not hang a reader (it is refused below)
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
         except FileNotFoundError:
             raise self._missing(key) from None
         except OSError as exc:
