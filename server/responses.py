@@ -141,7 +141,7 @@ class Reply:
         for i, c in enumerate(self.choices):
             text = "".join(c.parts)
             lp = (
-                self._logprobs(c, len(c.req.generated), cut=len(text))
+                self._logprobs(c, len(c.req.generated), cut=self._cut(c, text))
                 if self.shape.logprobs is not None
                 else None
             )
@@ -168,10 +168,21 @@ class Reply:
             "usage": self.usage(),
         }
 
+    def _cut(self, c: Choice, text: str) -> int | None:
+        """How many of ``c``'s tokens produced ``text`` when a stop string cut it, else None."""
+        if c.finish != "stop" or not c.req.stop:
+            return None
+        eos = self.srv.engine.eos_ids
+        ids = [t for t in c.req.generated if t not in eos]
+        for n in range(len(ids) + 1):
+            if len(self.srv.tokenizer.decode(ids[:n])) >= len(text):
+                return n
+        return None
+
     def _logprobs(self, c: Choice, upto: int, cut: int | None = None) -> dict[str, Any] | None:
         """Logprobs of ``c``'s tokens from ``c.tokens_sent`` to ``upto`` (end tokens left out).
 
-        ``cut``: leave out tokens that start at or after this many characters (a stop string).
+        ``cut``: keep at most this many tokens (those that made the text before a stop string).
         """
         tok, eos = self.srv.tokenizer, self.srv.engine.eos_ids
         entries = []
@@ -182,7 +193,7 @@ class Reply:
         ):
             if token in eos:
                 continue
-            if cut is not None and c.chars_sent >= cut:
+            if cut is not None and len(entries) >= cut:
                 break
             text = tok.decode([token])
             top = [(tok.decode([t]), lp) for t, lp in sampled.top]
