@@ -55,7 +55,13 @@ def serve(
     state.writable_home()
     ident = settings.get("serve.identity")
     store = open_store(state.hub, settings, team=ident)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if state.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    else:  # the server's own lines (access log, adapter events); libraries stay quiet
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logging.getLogger("qlora_hub").addHandler(handler)
+        logging.getLogger("qlora_hub").setLevel(logging.INFO)
     click.echo(f"loading base {base} ...", err=True)
     loaded = load_served_base(state.hub, base)
     srv = build_state(state.hub, settings, loaded, store, identity=ident)
@@ -128,8 +134,11 @@ def bench_serve(
 
 @hookimpl
 def register_commands(cli: click.Group) -> None:
-    """``serve``; ``team api-key create``; ``bench serve``."""
+    """``serve``; ``ui``; ``team api-key create``; ``bench serve``."""
+    from server.console.commands import ui
+
     cli.add_command(serve)
+    cli.add_command(ui)
     team = cli.commands["team"]
     group = team.commands.get("api-key")
     if group is None:
@@ -137,3 +146,12 @@ def register_commands(cli: click.Group) -> None:
         team.add_command(group)
     group.add_command(api_key_create)
     cli.commands["bench"].add_command(bench_serve)
+
+
+@hookimpl
+def register_routes(register) -> None:
+    """The read-only operator page ``GET /ui`` (admin key) and its stylesheet."""
+    from server.console.operator import ROUTES
+
+    for handler in ROUTES:
+        register(handler)
