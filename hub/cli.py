@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,27 +218,61 @@ def make_cli(hub: Hub) -> click.Group:
     return root
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``qlora-hub`` script and ``python -m hub``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def run(argv: list[str], make_hub: Callable[[list[str]], Hub] | None = None) -> int:
+    """Run the CLI on ``argv`` and return its exit status (errors printed as ``error: ...``).
+
+    ``make_hub(disabled)`` builds the plugin host from the plugin names to switch
+    off (default: built-ins and installed entry points); :func:`hub.testing.run_cli`
+    passes one holding only the plugins a test names.
+    """
     verbose = "-v" in argv or "--verbose" in argv
+    disabled = [*disabled_from_env(), *_early_disabled(argv)]
     try:
-        hub = Hub(disable=[*disabled_from_env(), *_early_disabled(argv)])
+        hub = make_hub(disabled) if make_hub else Hub(disable=disabled)
         make_cli(hub).main(argv, prog_name="qlora-hub", standalone_mode=False, obj=hub)
     except HubError as exc:
         if verbose:
             traceback.print_exc()
         click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
-        sys.exit(130)
+        return 130
     except click.ClickException as exc:
         exc.show()
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
-        sys.exit(130)
-    sys.exit(0)
+        return 130
+    return 0
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Keep library noise off the terminal unless ``--verbose``.
+
+    Silences bitsandbytes' kernel notice ("Failed to load CPU gemm_4bit_forward from
+    kernels-community", a logging warning), transformers' and PEFT's warnings and progress
+    bars, and FutureWarning/DeprecationWarning from any library. Set before they import.
+    """
+    if verbose:
+        return
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in ("bitsandbytes", "transformers", "peft", "accelerate", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``qlora-hub`` script and ``python -m hub``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_libraries("-v" in argv or "--verbose" in argv)
+    sys.exit(run(argv))

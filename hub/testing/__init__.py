@@ -5,6 +5,8 @@ Fixtures:
 - ``hub_factory``: build a :class:`hub.plugins.Hub` with exactly the plugins you give it.
 - ``embedded_base``: path of the embedded base model, built once per test session.
 - ``qlora_home``: a fresh, empty data directory, also exported as ``QLORA_HUB_HOME``.
+- ``qlora_cli``: run the real CLI in ``qlora_home`` with only the built-ins and the
+  plugins you name (:func:`hub.testing.cli.run_cli`).
 
 Contract suites (subclass one and provide its fixture to inherit the conformance tests):
 :class:`QuantizerContract`, :class:`AdapterMethodContract`,
@@ -23,6 +25,7 @@ import pytest
 from hub.plugins import Hub
 from hub.testing.adapter import AdapterMethodContract
 from hub.testing.aggregator import AggregatorContract
+from hub.testing.cli import CliResult, run_cli
 from hub.testing.optimizer import OptimizerFactoryContract
 from hub.testing.quantizer import QuantizerContract
 from hub.testing.storage import StorageBackendContract
@@ -30,9 +33,11 @@ from hub.testing.storage import StorageBackendContract
 __all__ = [
     "AdapterMethodContract",
     "AggregatorContract",
+    "CliResult",
     "OptimizerFactoryContract",
     "QuantizerContract",
     "StorageBackendContract",
+    "run_cli",
 ]
 
 
@@ -82,3 +87,14 @@ def qlora_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("QLORA_HUB_HOME", str(home))
     return home
+
+
+@pytest.fixture
+def qlora_cli(qlora_home: Path) -> Callable[..., CliResult]:
+    """``qlora_cli(*args, plugins=(), builtins=True)``: the real CLI with ``--home qlora_home``,
+    isolated from other installed plugins (see :func:`hub.testing.cli.run_cli`)."""
+
+    def call(*args: str, plugins: Any = (), builtins: bool = True) -> CliResult:
+        return run_cli("--home", str(qlora_home), *args, plugins=plugins, builtins=builtins)
+
+    return call
