@@ -187,12 +187,21 @@ class Hub:
         """The registry of ``kind`` (``quantizer``, ``adapter``, ``optimizer``, ``storage``, ``aggregator``),
         filled on first use by calling each plugin's registration hook."""
         if kind not in self._registries:
-            reg = Registry(kind, PROTOCOLS[kind])
-            caller = getattr(self.pm.hook, REGISTRATION_HOOKS[kind])
-            for impl in caller.get_hookimpls():
-                impl.function(
-                    register=lambda obj, _p=impl.plugin_name: reg.register(obj, plugin=_p)
-                )
+            reg = Registry(kind, PROTOCOLS[kind], classes=kind == "storage")
+            hook = REGISTRATION_HOOKS[kind]
+            for impl in getattr(self.pm.hook, hook).get_hookimpls():
+                try:
+                    impl.function(
+                        register=lambda obj, _p=impl.plugin_name: reg.register(obj, plugin=_p)
+                    )
+                except PluginError:
+                    raise
+                except Exception as exc:  # one line naming the plugin, not a traceback
+                    raise PluginError(
+                        f"plugin {impl.plugin_name!r} failed in {hook}: "
+                        f"{type(exc).__name__}: {exc}; switch it off with "
+                        f"--disable-plugin {impl.plugin_name}"
+                    ) from exc
             self._registries[kind] = reg
         return self._registries[kind]
 

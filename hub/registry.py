@@ -27,14 +27,26 @@ class Registry:
         protocol: the ``typing.Protocol`` every object must satisfy.
     """
 
-    def __init__(self, kind: str, protocol: type) -> None:
+    def __init__(self, kind: str, protocol: type, *, classes: bool = False) -> None:
         self.kind = kind
         self.protocol = protocol
+        self.classes = classes  # storage backends are registered as classes, the rest as objects
         self._objects: dict[str, Any] = {}
         self._owners: dict[str, str] = {}
 
     def register(self, obj: Any, *, plugin: str) -> None:
         """Validate ``obj`` and add it under ``obj.name``; ``plugin`` is who registered it."""
+        shown = getattr(obj, "__name__", None) or type(obj).__name__
+        if self.classes and not isinstance(obj, type):
+            raise PluginError(
+                f"plugin {plugin!r} registered an instance of {type(obj).__name__} as {_a(self.kind)}: "
+                f"register the class itself, register({type(obj).__name__})"
+            )
+        if not self.classes and isinstance(obj, type):
+            raise PluginError(
+                f"plugin {plugin!r} registered the class {shown} as {_a(self.kind)}: "
+                f"register an instance, register({shown}())"
+            )
         missing = [m for m in protocol_members(self.protocol) if not hasattr(obj, m)]
         if missing:
             raise PluginError(
