@@ -1,0 +1,390 @@
+"""The web console in real headless Chromium (Debian's ``chromium``, driven by Playwright).
+
+Two consoles run on loopback over one vault: team ``alpha``'s and team ``beta``'s. The
+tests log in, push, share, watch beta's view change, revoke, read the audit log, open a
+run's loss plot, look at a federated round and generate in the playground; bad input
+shows the CLI's own one-line error and changes nothing.
+
+Screenshots go to ``$QLORA_HUB_SCREENSHOTS`` when set (``docs/images`` refreshes the ones
+docs/console.md shows), else to a temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
+)
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VIEWPORT = {"width": 1100, "height": 720}
+
+
+def write_dir(path: Path, files: dict[str, bytes]) -> Path:
+    path.mkdir(parents=True)
+    for name, data in files.items():
+        (path / name).write_bytes(data)
+    return path
+
+
+def write_run(path: Path, lr: float, losses: list[float]) -> None:
+    """A run directory as ``qlora-hub train`` writes it (run.json, metrics.jsonl, manifest.json)."""
+    path.mkdir(parents=True)
+    options = {"r": 8, "alpha": 16, "learning_rate": lr, "batch_size": 16, "max_steps": 40}
+    (path / "run.json").write_text(json.dumps({"name": path.name, "options": options}))
+    lines = [
+        {"kind": "step", "step": 5 * (i + 1), "epoch": 0.1 * i, "loss": loss, "learning_rate": lr}
+        for i, loss in enumerate(losses)
+    ]
+    lines.append({"kind": "eval", "step": 5 * len(losses), "eval_loss": losses[-1] * 1.1})
+    (path / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    manifest = {"name": path.name, "config": options, "metrics": {"eval_loss": losses[-1] * 1.1}}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, embedded_base: Path):
+    """Consoles for alpha and beta over one vault, runs, a round, and adapter directories."""
+    from hub import teams
+    from hub.config import load_settings
+    from hub.fed.signing import team_signer
+    from hub.plugins import Hub
+    from hub.store import open_store
+    from server.console.app import create_console_app
+    from server.console.security import allowed_hosts
+    from server.console.state import ConsoleState
+    from server.random_adapter import random_lora_payload
+    from tests.server.conftest import start_uvicorn
+
+    root = tmp_path_factory.mktemp("console")
+    home = root / "home"
+    home.mkdir()
+    for team in ("alpha", "beta"):
+        teams.create_team(home, team, passphrase=None)
+    (home / "qlora-hub.toml").write_text('[hub]\nstorage = "vault"\n')
+    hub = Hub()
+    settings = load_settings(home)
+    runs = root / "runs"
+    write_run(runs / "lr-2e-3", 2e-3, [4.0, 3.1, 2.2, 1.5, 1.1, 0.8, 0.6, 0.5])
+    write_run(runs / "lr-8e-3", 8e-3, [4.0, 2.5, 1.2, 0.7, 0.4, 0.3, 0.25, 0.2])
+    rounds = root / "rounds"
+    hub.aggregators["plain"].init_round(
+        rounds / "r1",
+        round_id="r1",
+        teams=["alpha", "beta"],
+        mode="ffa",
+        key_dir=root / "fed-keys",
+        key_holder="alpha",
+        sign=team_signer(home, "alpha"),
+    )
+    good = random_lora_payload(embedded_base, "greeter", seed=11, r=8)
+    dirs = {"good": write_dir(root / "good", good.files)}
+    dirs["pickle"] = write_dir(root / "pickled", {**good.files, "adapter_model.bin": b"\x80\x04."})
+    consoles = {}
+    for team in ("alpha", "beta"):
+        store = open_store(hub, settings, team=team)
+        st = ConsoleState(
+            hub=hub,
+            store=store,
+            team=team,
+            home=home,
+            runs_dir=runs,
+            rounds_dir=rounds,
+            base=embedded_base,
+        )
+        server, thread, url = start_uvicorn(create_console_app(st))
+        st.allowed_hosts = allowed_hosts("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        consoles[team] = {"state": st, "url": url, "server": server, "thread": thread}
+    yield {
+        "home": home,
+        "hub": hub,
+        "settings": settings,
+        "dirs": dirs,
+        "consoles": consoles,
+        "base": embedded_base,
+        "good": good,
+    }
+    for c in consoles.values():
+        c["server"].should_exit = True
+        c["thread"].join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = os.environ.get("QLORA_HUB_SCREENSHOTS")
+    path = Path(out) if out else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def shot(page: Any, shots: Path, name: str) -> None:
+    """A screenshot of the viewport as docs/images/console-NAME.png, in 64 colours (small)."""
+    from PIL import Image
+
+    path = shots / f"console-{name}.png"
+    page.screenshot(path=str(path))
+    Image.open(path).convert("RGB").quantize(colors=64).save(path, optimize=True)
+
+
+def login(browser: Any, site: dict, team: str) -> Any:
+    """A new browser context logged in as ``team``'s console; its page is on /adapters."""
+    c = site["consoles"][team]
+    page = browser.new_context(viewport=VIEWPORT).new_page()
+    response = page.goto(f"{c['url']}/login?token={c['state'].sessions.token}")
+    assert response.status == 200 and page.url == f"{c['url']}/adapters"
+    return page
+
+
+def refs_visible(site: dict, team: str) -> list[str]:
+    """What the core says ``team`` can read, asked outside the browser."""
+    from hub.store import open_store
+
+    store = open_store(site["hub"], site["settings"], team=team)
+    return [f"{r.name}@{r.version}" for r in store.list()]
+
+
+def audit_entries(site: dict) -> list[dict]:
+    return site["consoles"]["alpha"]["state"].store.backend.audit.entries()
+
+
+def cli_error(site: dict, capsys: Any, monkeypatch: Any, *args: str) -> str:
+    """The one-line error the CLI prints for ``args`` (as team alpha)."""
+    from hub.cli import main
+
+    monkeypatch.setenv("QLORA_HUB_HOME", str(site["home"]))
+    monkeypatch.setenv("QLORA_HUB_TEAM", "alpha")
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2
+    return err[-1]
+
+
+def push(page: Any, site: dict, directory: Path, name: str) -> None:
+    page.goto(site["consoles"]["alpha"]["url"] + "/push")
+    page.fill("#directory", str(directory))
+    page.fill("#name", name)
+    page.click("#push-form button[type=submit]")
+
+
+def confirm(page: Any, form: str, **fields: str) -> None:
+    for field, value in fields.items():
+        page.fill(f"{form} [name={field}]", value)
+    page.click(f"{form} button[type=submit]")
+    page.click("#confirm")
+
+
+def test_missing_or_wrong_login_token_is_a_401_page(browser, site, shots) -> None:
+    url = site["consoles"]["alpha"]["url"]
+    page = browser.new_context(viewport=VIEWPORT).new_page()
+    response = page.goto(url + "/adapters")
+    assert response.status == 401
+    assert page.text_content("#login-message") == "Log in with the token printed at start."
+    shot(page, shots, "login")
+    response = page.goto(url + "/login?token=not-the-token")
+    assert response.status == 401
+    assert page.text_content("#login-message") == "Wrong login token."
+    page.fill("#token", "also-wrong")
+    with page.expect_navigation() as nav:
+        page.click("form[action='/login'] button")
+    assert nav.value.status == 401
+    page.fill("#token", site["consoles"]["alpha"]["state"].sessions.token)
+    page.click("form[action='/login'] button")
+    assert (
+        page.url == url + "/adapters"
+        and page.text_content("h1") == "Adapters readable by team alpha"
+    )
+
+
+def test_push_share_revoke_changes_beta_view_and_the_audit_log(browser, site, shots) -> None:
+    alpha, beta = login(browser, site, "alpha"), login(browser, site, "beta")
+    push(alpha, site, site["dirs"]["good"], "greeter")
+    assert alpha.url.endswith("/adapters/greeter")
+    assert alpha.text_content(".flash") == "pushed greeter@1"
+    assert "greeter@1" in refs_visible(site, "alpha") and "greeter@1" not in refs_visible(
+        site, "beta"
+    )
+    beta.reload()
+    assert beta.locator("tr[data-ref='greeter@1']").count() == 0
+
+    alpha.fill("#share-team", "beta")
+    alpha.click("#share-form button[type=submit]")
+    assert alpha.text_content("#question").split() == [
+        "Let",
+        "team",
+        "beta",
+        "read",
+        "greeter",
+        "(every",
+        "version)?",
+    ]
+    shot(alpha, shots, "confirm")
+    alpha.click("#confirm")
+    assert alpha.text_content(".flash") == "shared greeter with beta (latest shared: greeter@1)"
+    shot(alpha, shots, "adapter")
+    beta.reload()
+    row = beta.locator("tr[data-ref='greeter@1']")
+    assert row.locator("td").nth(0).text_content() == "alpha"  # the publisher
+    assert row.locator(".readers").text_content() == "alpha, beta"
+    assert "greeter@1" in refs_visible(site, "beta")
+    shot(beta, shots, "adapters")
+
+    confirm(alpha, "#revoke-form", team="beta")
+    assert alpha.text_content(".flash") == "revoked beta from greeter; latest version now greeter@2"
+    beta.reload()
+    assert beta.locator("tr[data-ref^='greeter@']").count() == 0
+    assert not [r for r in refs_visible(site, "beta") if r.startswith("greeter@")]
+
+    alpha.goto(site["consoles"]["alpha"]["url"] + "/audit?name=greeter")
+    actions = alpha.locator("#audit .action").all_text_contents()
+    assert {"push", "share", "revoke"} <= set(actions)
+    assert alpha.text_content("#chain").startswith("chain intact: ")
+    alpha.select_option("#f-action", "share")
+    alpha.click("form.filters button")
+    assert alpha.locator("#audit .action").all_text_contents() == ["share"]
+    alpha.goto(site["consoles"]["alpha"]["url"] + "/audit")
+    shot(alpha, shots, "audit")
+
+
+@pytest.mark.parametrize(
+    ("form", "cli"),
+    [
+        (
+            {"action": "share", "team": "nobody"},
+            ("adapters", "share", "greeter", "--with", "nobody"),
+        ),
+        (
+            {"push": "pickle", "name": "pickled"},
+            ("adapters", "push", "{pickle}", "--name", "pickled"),
+        ),
+        (
+            {"push": "good", "name": "team/greeter"},
+            ("adapters", "push", "{good}", "--name", "team/greeter"),
+        ),
+    ],
+    ids=["share-unknown-team", "push-pickle", "name-with-separator"],
+)
+def test_bad_input_shows_the_cli_error_and_changes_nothing(
+    browser, site, form, cli, capsys, monkeypatch
+) -> None:
+    page = login(browser, site, "alpha")
+    if "greeter@1" not in refs_visible(site, "alpha") and not any(
+        r.startswith("greeter@") for r in refs_visible(site, "alpha")
+    ):
+        push(page, site, site["dirs"]["good"], "greeter")
+    before_refs, before_audit = refs_visible(site, "alpha"), len(audit_entries(site))
+    if "push" in form:
+        push(page, site, site["dirs"][form["push"]], form["name"])
+    else:
+        page.goto(site["consoles"]["alpha"]["url"] + "/adapters/greeter")
+        confirm(page, "#share-form", team=form["team"])
+    shown = page.text_content("#error")
+    assert page.url.endswith("/push") or page.url.endswith("/share")
+    assert (refs_visible(site, "alpha"), len(audit_entries(site))) == (before_refs, before_audit)
+    args = [a.format(**{k: str(v) for k, v in site["dirs"].items()}) for a in cli]
+    assert shown == cli_error(site, capsys, monkeypatch, *args)
+    assert (refs_visible(site, "alpha"), len(audit_entries(site))) == (before_refs, before_audit)
+
+
+def test_a_form_without_its_csrf_token_is_403_and_deletes_nothing(browser, site) -> None:
+    page = login(browser, site, "alpha")
+    url = site["consoles"]["alpha"]["url"]
+    push(page, site, site["dirs"]["good"], "keeper")
+    response = page.context.request.post(
+        url + "/adapters/keeper/delete", form={"confirm": "yes", "version": ""}
+    )
+    assert response.status == 403
+    assert "CSRF token is missing or wrong" in response.text()
+    wrong = page.context.request.post(
+        url + "/adapters/keeper/delete", form={"confirm": "yes", "csrf_token": "guess"}
+    )
+    assert wrong.status == 403
+    assert "keeper@1" in refs_visible(site, "alpha")
+    confirm(page, "#delete-form")
+    assert page.text_content(".flash") == "deleted keeper@1"
+    assert "keeper@1" not in refs_visible(site, "alpha")
+
+
+def test_runs_page_plots_loss_and_compares_two_runs(browser, site, shots) -> None:
+    page = login(browser, site, "alpha")
+    page.goto(site["consoles"]["alpha"]["url"] + "/runs")
+    page.click("text=lr-8e-3")
+    with page.expect_response(lambda r: "/plots/loss.png" in r.url) as plot:
+        page.reload()
+    assert plot.value.status == 200 and plot.value.headers["content-type"] == "image/png"
+    assert plot.value.body()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert page.eval_on_selector("#loss-plot", "img => img.naturalWidth") == 640
+    assert page.text_content("#hyperparameters").count("0.008") == 1
+    shot(page, shots, "run")
+    page.goto(site["consoles"]["alpha"]["url"] + "/runs")
+    page.click("text=Side by side")
+    page.wait_for_load_state("load")
+    assert page.eval_on_selector("#compare-plot", "img => img.naturalWidth") == 640
+    rows = page.locator("#compare tbody tr").all_text_contents()
+    assert any(r.startswith("≠ learning_rate") for r in rows)
+    assert not any(r.startswith("≠ batch_size") for r in rows)
+    shot(page, shots, "compare")
+
+
+def test_rounds_page_shows_the_signed_round_and_who_contributed(browser, site, shots) -> None:
+    page = login(browser, site, "alpha")
+    page.goto(site["consoles"]["alpha"]["url"] + "/rounds")
+    assert page.text_content(".round .state").startswith(
+        "collecting: 0 of 2 contributions. signed by the key holder, verified"
+    )
+    assert "alpha, beta" in page.text_content(".round table")
+    shot(page, shots, "rounds")
+
+
+def test_playground_generates_on_the_local_base_as_the_core_would(browser, site, shots) -> None:
+    import torch
+
+    from hub.models import load_base
+
+    page = login(browser, site, "alpha")
+    push(page, site, site["dirs"]["good"], "playful")
+    page.goto(site["consoles"]["alpha"]["url"] + "/playground")
+    page.select_option("#adapter", "playful@1")
+    page.fill("#max_tokens", "8")
+    page.fill("#prompt", "hello")
+    page.click("#playground-form button[type=submit]")
+    shown = page.text_content("#output")
+    shot(page, shots, "playground")
+    loaded = load_base(site["hub"], site["base"])
+    model = site["hub"].adapters["lora"].load(loaded.model, site["good"], "x")
+    batch = loaded.tokenizer(["hello"], return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(
+            **batch, max_new_tokens=8, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id
+        )
+    expected = loaded.tokenizer.decode(
+        out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True
+    )
+    assert shown == expected
+    pulls = [e for e in audit_entries(site) if e["action"] == "pull" and e["ref"] == "playful@1"]
+    assert pulls and pulls[-1]["where"] == "console"
