@@ -234,7 +234,7 @@ def replay(
         raise IntegrityError("an adapter name has no signed records")
     state: NameState | None = None
     public: PublicIdentity | None = None
-    prev = ""
+    prev = fingerprint = ""
     for seq, blob in enumerate(blobs):
         rec, sig = parse_record(blob)
         name = state.name if state else rec.get("name")
@@ -244,20 +244,21 @@ def replay(
             if rec.get("action") != "claim" or not _team(rec.get("owner")):
                 raise _bad(str(name), seq, "the first record must claim the name")
             public = public_of(rec["owner"])
-            if public.fingerprint != rec.get("owner_fingerprint"):
+            fingerprint = public.fingerprint  # computed once: it hashes the public JSON
+            if fingerprint != rec.get("owner_fingerprint"):
                 raise AccessError(
                     f"adapter {name!r} was signed by another key of team {rec['owner']!r} than "
                     "your trust store holds (re-keyed?): re-trust its public file"
                 )
-            state = NameState(name, rec["owner"], public.fingerprint)
+            state = NameState(name, rec["owner"], fingerprint)
         elif rec.get("owner") != state.owner:
             raise _bad(state.name, seq, "owner changed")
         assert public is not None
         sha = digest(blob)
-        if verified is None or (public.fingerprint, sha) not in verified:
+        if verified is None or (fingerprint, sha) not in verified:
             verify(public, canonical(rec), sig, CONTEXT)
             if verified is not None:
-                verified.add((public.fingerprint, sha))
+                verified.add((fingerprint, sha))
         if seq and (why := _apply(state, rec)):
             raise _bad(state.name, seq, why)
         state.seq, state.head, prev = seq, sha, sha

@@ -112,6 +112,7 @@ class Vault:
         self._trust = TrustCache(self.home)  # parsed public keys of other teams
         self.records = NameRecords(self.blobs, self._public_of, self.home / "pins")
         self._manifests: dict[str, dict[str, Any]] = {}  # manifest SHA-256 -> parsed manifest
+        self._data_keys: dict[tuple[str, str, int, bytes], bytes] = {}
 
     def __repr__(self) -> str:
         return f"Vault(root={str(self.root)!r}, team={self.team!r})"
@@ -207,13 +208,25 @@ class Vault:
         return manifest
 
     def _data_key(self, state: NameState, version: int, team: str) -> bytes:
+        """The data key of ``version`` unwrapped by ``team`` (kept per wrapped-key blob, so
+        a server's repeated pulls skip the KEM; a changed blob is unwrapped afresh)."""
         oid = state.versions[version].object_id
-        return objects.unwrap_key(
-            self.identity(team),
-            self.blobs.get(self._key(oid, f"keys/{team}")),
-            bytes.fromhex(oid),
-            version,
-        )
+        blob = self.blobs.get(self._key(oid, f"keys/{team}"))
+        cache_key = (team, oid, version, hashlib.sha256(blob).digest())
+        key = self._data_keys.get(cache_key)
+        if key is None:
+            key = objects.unwrap_key(self.identity(team), blob, bytes.fromhex(oid), version)
+            if len(self._data_keys) >= 1024:
+                self._data_keys.clear()
+            self._data_keys[cache_key] = key
+        return key
+
+    def _opened(self, ref: AdapterRef, team: str) -> tuple[NameState, int, dict[str, Any], bytes]:
+        """What a read of ``ref`` by ``team`` needs before decrypting: signed state, the
+        version, its verified manifest and the data key unwrapped for ``team``."""
+        state, version = self._resolve(ref, team)
+        manifest = self._manifest(state, version)
+        return state, version, manifest, self._data_key(state, version, team)
 
     def _decrypt(
         self, state: NameState, version: int, manifest: dict[str, Any], key: bytes
@@ -353,9 +366,7 @@ class Vault:
     ) -> AdapterPayload:
         """Verify the owner's records, signature, trust and every hash; decrypt in memory."""
         team = self._acting(team)
-        state, version = self._resolve(ref, team)
-        manifest = self._manifest(state, version)
-        key = self._data_key(state, version, team)
+        state, version, manifest, key = self._opened(ref, team)
         resolved = AdapterRef(state.name, version)
         # The entry records the data key's release to `team`; it is made durable while
         # the payload decrypts, and no byte is returned before it is committed.
@@ -374,9 +385,8 @@ class Vault:
     def verify(self, ref: AdapterRef, *, team: str | None = None) -> dict[str, Any]:
         """Run every check a pull runs, without keeping the plaintext; returns a summary."""
         team = self._acting(team)
-        state, version = self._resolve(ref, team)
-        manifest = self._manifest(state, version)
-        files = self._decrypt(state, version, manifest, self._data_key(state, version, team))
+        state, version, manifest, key = self._opened(ref, team)
+        files = self._decrypt(state, version, manifest, key)
         return {
             "ref": f"{state.name}@{version}",
             "publisher": state.owner,

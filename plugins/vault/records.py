@@ -38,6 +38,7 @@ class NameRecords:
         store_id = hashlib.sha256(blobs.url.encode()).hexdigest()[:16]
         self.pins = Path(pins) / store_id if pins else None
         self._verified: set[tuple[str, str]] = set()
+        self._pinned: dict[str, tuple[int, str]] = {}  # pins this process read or wrote
 
     @staticmethod
     def prefix(name: str) -> str:
@@ -104,6 +105,9 @@ class NameRecords:
         return self.pins / collision_key(name) if self.pins else None
 
     def _pin(self, name: str) -> tuple[int, str] | None:
+        # Pins only move forward, so the one this process last saw is enough once read.
+        if (known := self._pinned.get(collision_key(name))) is not None:
+            return known
         path = self._pin_path(name)
         try:
             seq, head = path.read_text().split() if path else (None, None)
@@ -114,6 +118,7 @@ class NameRecords:
             return None  # a torn pin only weakens the check; it is rewritten on the next read
 
     def _write_pin(self, name: str, state: NameState) -> None:
+        self._pinned[collision_key(name)] = (state.seq, state.head)
         path = self._pin_path(name)
         if path is None:
             return
