@@ -7,6 +7,7 @@ teams share one storage location.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 
@@ -227,3 +228,22 @@ def test_errors_are_hub_errors_on_one_line(world):
     with pytest.raises(HubError) as info:
         v["alpha"].pull(AdapterRef("upper"))
     assert "\n" not in str(info.value)
+
+
+def test_reindex_command_rebuilds_a_deleted_index_without_keys(qlora_home, qlora_cli):
+    teams.create_team(qlora_home, "alpha", passphrase="not needed to reindex")
+    vault = Vault(
+        qlora_home / "storage" / "vault", team="alpha", passphrase="not needed to reindex"
+    )
+    vault.push(sample_adapter("upper", 1))
+    vault.push(sample_adapter("upper", 2))
+    for suffix in ("", "-wal", "-shm"):
+        (vault.root / f"index.sqlite{suffix}").unlink(missing_ok=True)
+    result = qlora_cli("adapters", "reindex", "--json")
+    assert (result.exit_code, json.loads(result.out)) == (
+        0,
+        {"names": 1, "versions": 2, "skipped": {}},
+    )
+    with sqlite3.connect(vault.root / "index.sqlite") as db:
+        rows = db.execute("SELECT name, version, publisher FROM versions ORDER BY version")
+        assert rows.fetchall() == [("upper", 1, "alpha"), ("upper", 2, "alpha")]
