@@ -1,14 +1,17 @@
 """Optimizer factories: bitsandbytes paged / 8-bit AdamW and plain torch AdamW.
 
 bitsandbytes cannot page on CPU: a paged optimizer there silently keeps its
-state as ordinary tensors (it only warns). :func:`describe_optimizer` looks at
-the state after a step and says what actually ran.
+state as ordinary tensors (it only warns). Each factory's ``describe``
+(:func:`describe_optimizer`) looks at the state after a step and says what
+actually ran; the trainer calls it through :func:`hub.optim.describe_optimizer`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
+
+from hub.optim import optimizer_state_bytes, unwrap
 
 
 class BnbAdamW:
@@ -28,6 +31,10 @@ class BnbAdamW:
         opt.hub_requested = self.name
         return opt
 
+    def describe(self, optimizer: Any) -> dict[str, Any]:
+        """What ran (see :func:`describe_optimizer`)."""
+        return describe_optimizer(optimizer)
+
 
 class TorchAdamW:
     """``torch.optim.AdamW`` with 32-bit state."""
@@ -43,6 +50,10 @@ class TorchAdamW:
         opt.hub_requested = self.name
         return opt
 
+    def describe(self, optimizer: Any) -> dict[str, Any]:
+        """What ran (see :func:`describe_optimizer`)."""
+        return describe_optimizer(optimizer)
+
 
 FACTORIES = (
     BnbAdamW("paged_adamw_32bit", "PagedAdamW32bit", "bitsandbytes paged AdamW, 32-bit state"),
@@ -55,19 +66,6 @@ FACTORIES = (
 """Every optimizer the ``paged`` plugin registers."""
 
 
-def state_bytes(optimizer: Any) -> int:
-    """Bytes held in the optimizer's state tensors (moments, quantization maps, absmax)."""
-    import torch
-
-    optimizer = getattr(optimizer, "optimizer", optimizer)
-    return sum(
-        v.numel() * v.element_size()
-        for state in optimizer.state.values()
-        for v in state.values()
-        if torch.is_tensor(v) and v.dim() > 0
-    )
-
-
 def describe_optimizer(optimizer: Any) -> dict[str, Any]:
     """What ran: ``requested``, ``ran`` (the name of what actually ran), ``paged``, ``state_bits``,
     ``state_bytes`` and a ``note`` when it differs from the request.
@@ -78,8 +76,7 @@ def describe_optimizer(optimizer: Any) -> dict[str, Any]:
     """
     import torch
 
-    # accelerate wraps the optimizer the Trainer steps; look at the real one
-    optimizer = getattr(optimizer, "optimizer", optimizer)
+    optimizer = unwrap(optimizer)  # accelerate wraps the optimizer the Trainer steps
     requested = getattr(optimizer, "hub_requested", type(optimizer).__name__)
     tensors = [
         v
@@ -99,7 +96,7 @@ def describe_optimizer(optimizer: Any) -> dict[str, Any]:
         "ran": ran,
         "paged": paged,
         "state_bits": bits,
-        "state_bytes": state_bytes(optimizer),
+        "state_bytes": optimizer_state_bytes(optimizer),
     }
     if asked_paged and not paged:
         device = tensors[0].device.type if tensors else "cpu"

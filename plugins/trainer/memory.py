@@ -26,7 +26,7 @@ def memory_account(model: Any, optimizer: Any, r: int) -> dict[str, Any]:
     """
     import torch
 
-    from plugins.paged.factories import state_bytes
+    from hub.optim import optimizer_state_bytes
 
     adapter = [p for n, p in model.named_parameters() if "lora_" in n]
     base = [p for n, p in model.named_parameters() if "lora_" not in n]
@@ -57,7 +57,7 @@ def memory_account(model: Any, optimizer: Any, r: int) -> dict[str, Any]:
         "adapter_params": sum(p.numel() for p in adapter),
         "adapter_bytes": tensor_bytes(adapter),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "optimizer_state_bytes": state_bytes(optimizer),
+        "optimizer_state_bytes": optimizer_state_bytes(optimizer),
         "k": k,
         "r": r,
         "d": d,

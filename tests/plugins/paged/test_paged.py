@@ -94,3 +94,33 @@ def test_8bit_state_is_one_byte_per_moment_plus_quantization_maps() -> None:
 def test_torch_adamw_reports_adamw() -> None:
     info = describe_optimizer(_stepped("adamw"))
     assert (info["requested"], info["ran"], info["paged"]) == ("adamw", "adamw", False)
+
+
+def test_trainer_reads_what_ran_through_the_core(hub_factory):
+    """The trainer asks hub.optim (never this plugin's module) what ran; the factory's
+    describe() supplies the paging detail."""
+    import plugins.paged
+    from hub.optim import describe_optimizer as core_describe
+
+    hub = hub_factory(plugins.paged)
+    opt = _stepped("paged_adamw_8bit")
+    assert core_describe(hub.optimizers["paged_adamw_8bit"], opt) == describe_optimizer(opt)
+
+
+def test_core_describes_a_factory_without_describe():
+    import torch
+
+    from hub.optim import describe_optimizer as core_describe
+
+    class Sgd:
+        name = "sgd"
+        description = "plain SGD"
+
+        def build(self, params, *, lr, weight_decay=0.0):
+            return torch.optim.SGD(params, lr=lr, momentum=0.9)
+
+    w = torch.nn.Parameter(torch.ones(8, 8))
+    opt = Sgd().build([w], lr=0.1)
+    w.sum().backward()
+    opt.step()
+    assert core_describe(Sgd(), opt) == {"requested": "sgd", "ran": "sgd", "state_bytes": 8 * 8 * 4}
