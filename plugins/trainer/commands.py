@@ -186,12 +186,13 @@ def train_cmd(
 @click.option("--n", "n", type=int, default=2000, show_default=True, help="Training rows.")
 @click.option("--held-out", type=int, default=200, show_default=True, help="Held-out rows.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Word seed.")
+@click.option("--letters", default=None, help="Alphabet of the words, e.g. abcdefghijklm [a-z].")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
-def synth_cmd(task: str, n: int, held_out: int, seed: int, out: Path) -> None:
+def synth_cmd(task: str, n: int, held_out: int, seed: int, letters: str | None, out: Path) -> None:
     """Write a synthetic TASK (upper, reverse, capitalize, sort, rot13) as train/held-out JSONL."""
-    from plugins.trainer.synth import synthesize
+    from plugins.trainer.synth import ALPHABET, synthesize
 
-    paths = synthesize(task, n, out, held_out=held_out, seed=seed)
+    paths = synthesize(task, n, out, held_out=held_out, seed=seed, letters=letters or ALPHABET)
     click.echo(f"wrote {n} rows to {paths['train']} and {held_out} to {paths['held_out']}")
 
 
@@ -280,9 +281,13 @@ def merge_cmd(
 def add_commands(cli: click.Group) -> None:
     """Attach every trainer command to the root group."""
     from plugins.trainer.bench import bench_train_cmd
+    from plugins.trainer.fedbench import bench_fed_accuracy
+    from plugins.trainer.fedcli import fed_run_cmd
 
     cli.add_command(train_cmd)
     cli.add_command(eval_cmd)
     cli.add_command(merge_cmd)
     cli.commands["data"].add_command(synth_cmd)
     cli.commands["bench"].add_command(bench_train_cmd)
+    cli.commands["bench"].add_command(bench_fed_accuracy)
+    cli.commands["fed"].add_command(fed_run_cmd)

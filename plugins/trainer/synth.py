@@ -35,18 +35,38 @@ def prompt_for(word: str) -> str:
     return f"{word}:"
 
 
-def words(count: int, seed: int = 0) -> list[str]:
-    """``count`` distinct random lowercase words, the same for the same seed."""
+ALPHABET = "abcdefghijklmnopqrstuvwxyz"
+
+
+def words(count: int, seed: int = 0, letters: str = ALPHABET) -> list[str]:
+    """``count`` distinct random words over ``letters``, the same for the same seed.
+
+    ``letters`` restricts the alphabet, e.g. ``"abcdefghijklm"``: federated
+    experiments give each team words over its own part of the alphabet.
+    """
+    check_letters(letters)
+    if count > sum(len(letters) ** k for k in range(3, 9)) // 2:
+        raise ValidationError(
+            f"{count} words over {len(letters)} letters: use more letters or fewer words"
+        )
     rng = random.Random(seed)
     seen: set[str] = set()
     out: list[str] = []
-    letters = "abcdefghijklmnopqrstuvwxyz"
     while len(out) < count:
         word = "".join(rng.choice(letters) for _ in range(rng.randint(3, 8)))
         if word not in seen:
             seen.add(word)
             out.append(word)
     return out
+
+
+def check_letters(letters: str) -> str:
+    """At least 2 distinct lowercase ASCII letters."""
+    if len(set(letters)) < 2 or set(letters) - set(ALPHABET) or len(set(letters)) != len(letters):
+        raise ValidationError(
+            f"--letters {letters!r}: give 2-26 distinct lowercase letters, e.g. abcdefghijklm"
+        )
+    return letters
 
 
 def rows(task: str, word_list: list[str]) -> list[dict[str, str]]:
@@ -68,18 +88,24 @@ def _write_jsonl(path: Path, items: list[dict[str, str]]) -> None:
 
 
 def synthesize(
-    task: str, n: int, out_dir: Path, *, held_out: int = 200, seed: int = 0
+    task: str,
+    n: int,
+    out_dir: Path,
+    *,
+    held_out: int = 200,
+    seed: int = 0,
+    letters: str = ALPHABET,
 ) -> dict[str, Path]:
     """Write ``train.jsonl`` (``n`` rows) and ``held_out.jsonl`` (``held_out`` rows) to ``out_dir``.
 
-    The held-out words never appear in the training file. Returns
+    Words use only ``letters``. The held-out words never appear in the training file. Returns
     ``{"train": path, "held_out": path}``.
     """
     if n <= 0 or held_out < 0:
         raise ValidationError(f"--n must be positive and --held-out >= 0, got {n} and {held_out}")
     if task not in TASKS:
         raise ValidationError(f"unknown task {task!r}: known tasks are {', '.join(TASKS)}")
-    pool = words(n + held_out, seed)
+    pool = words(n + held_out, seed, letters)
     # held-out words come first so they stay the same whatever n is
     test, train = pool[:held_out], pool[held_out:]
     out_dir = Path(out_dir)
