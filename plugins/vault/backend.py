@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,24 +32,23 @@ from hub.errors import (
     HubError,
     IntegrityError,
     UnknownNameError,
-    ValidationError,
 )
 from hub.grants import NameState
 from hub.identity import Identity, PublicIdentity
 from hub.names import check_name, check_team_name
 from hub.teams import load_identity
 from hub.types import AdapterPayload, AdapterRecord, AdapterRef
-from plugins.vault import objects, sharing
+from plugins.vault import catalog, objects, publish, sharing
 from plugins.vault.audit import AuditLog
-from plugins.vault.blobs import open_blobs
+from plugins.vault.blobs import get_bounded, open_blobs
 from plugins.vault.decrypt import decrypt_files
 from plugins.vault.index import Index
 from plugins.vault.records import NameRecords
 from plugins.vault.trust_cache import TrustCache
 
 TEAM_ENV = "QLORA_HUB_TEAM"
-MAX_METADATA_BYTES = 64 << 10
 MAX_MANIFEST_BYTES = 16 << 20
+MAX_KEY_BYTES = 64 << 10
 
 
 def _setting(home: Path, settings: Any, key: str) -> Any:
@@ -186,7 +184,7 @@ class Vault:
     def _manifest(self, state: NameState, version: int) -> dict[str, Any]:
         """The manifest of ``version``, checked against the owner's signed publish record."""
         grant = state.versions[version]
-        mblob = self.blobs.get(self._key(grant.object_id, "manifest"))
+        mblob = get_bounded(self.blobs, self._key(grant.object_id, "manifest"), MAX_MANIFEST_BYTES)
         if hashlib.sha256(mblob).hexdigest() != grant.manifest_sha256:
             raise IntegrityError(
                 f"manifest of {state.name}@{version} belongs to another object: it does not "
@@ -211,7 +209,7 @@ class Vault:
         """The data key of ``version`` unwrapped by ``team`` (kept per wrapped-key blob, so
         a server's repeated pulls skip the KEM; a changed blob is unwrapped afresh)."""
         oid = state.versions[version].object_id
-        blob = self.blobs.get(self._key(oid, f"keys/{team}"))
+        blob = get_bounded(self.blobs, self._key(oid, f"keys/{team}"), MAX_KEY_BYTES)
         cache_key = (team, oid, version, hashlib.sha256(blob).digest())
         key = self._data_keys.get(cache_key)
         if key is None:
@@ -253,113 +251,7 @@ class Vault:
         the lifecycle hooks are the core's (:mod:`hub.adapters`).
         """
         share = [check_team_name(t) for t in share_with]
-        return self._store(adapter, self._acting(team), metadata, share, None)
-
-    def _store(
-        self,
-        adapter: AdapterPayload,
-        team: str,
-        metadata: Mapping[str, Any] | None,
-        share_with: list[str],
-        readers: set[str] | None,
-        action: str = "push",
-    ) -> AdapterRef:
-        name = check_name(adapter.name)
-        if adapter.nbytes > self.max_adapter_bytes:
-            raise ValidationError(
-                f"adapter is {adapter.nbytes} bytes, over vault.max_adapter_bytes="
-                f"{self.max_adapter_bytes}"
-            )
-        meta = dict(metadata or {})
-        try:
-            if len(objects.canonical(meta)) > MAX_METADATA_BYTES:
-                raise ValueError("too large")
-        except (TypeError, ValueError) as exc:
-            raise ValidationError(f"metadata must be JSON under 64 KiB ({exc})") from None
-        ident = self.identity(team, "sign")
-        with self.index.write() as db:  # reserve the version number (never reused)
-            state = self._claimed(name, ident)
-            version = max(state.last_version, self.index.last_version(db, name)) + 1
-            self.index.reserve(db, name, team, version)
-            wanted = (readers if readers is not None else state.next_readers()) | {
-                team,
-                *share_with,
-            }
-        for t in wanted:  # an untrusted reader fails before anything is written
-            self._public_of(t)
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-        oid = os.urandom(16)
-        data_key = AESGCM.generate_key(bit_length=256)
-        plain = b"".join(adapter.files[n] for n in sorted(adapter.files))
-        self.blobs.put(
-            self._key(oid.hex(), "payload"),
-            objects.encrypt_payload(plain, data_key, oid, version, self.chunk_size),
-        )
-        wrapped = self._wrap_for(wanted, data_key, oid, version)
-        manifest = {
-            "format": objects.MANIFEST_FORMAT,
-            "name": name,
-            "version": version,
-            "object_id": oid.hex(),
-            "publisher": team,
-            "publisher_fingerprint": ident.public.fingerprint,
-            "base_fingerprint": meta.get("base_fingerprint")
-            or adapter.manifest.get("base_fingerprint"),
-            "files": objects.file_entries(adapter.files),
-            "metadata": meta,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "payload": {"cipher": "AES-256-GCM", "chunk_size": self.chunk_size},
-        }
-        # Visibility point: the owner-signed publish record, written under the write lock
-        # after every blob of the object is durable; the index rows are its cache.
-        with self.index.write() as db:
-            state = self._claimed(name, ident)
-            if version in state.versions:
-                raise IntegrityError(f"version {name}@{version} was published meanwhile: retry")
-            if readers is None:  # a share or revoke may have landed since the reservation
-                final = state.next_readers() | {team, *share_with}
-                wrapped = self._wrap_for(final - wrapped, data_key, oid, version) | (
-                    wrapped & final
-                )
-                for gone in wanted - final:
-                    self.blobs.delete(self._key(oid.hex(), f"keys/{gone}"))
-            manifest["readers"] = sorted(wrapped)
-            mblob = objects.sign_manifest(ident, manifest)
-            self.blobs.put(self._key(oid.hex(), "manifest"), mblob)
-            digest = hashlib.sha256(mblob).hexdigest()
-            self.records.append(
-                state, ident, "publish", version=version, object_id=oid.hex(),
-                manifest_sha256=digest, readers=sorted(wrapped),
-            )  # fmt: skip
-            self.index.add_version(db, manifest, len(plain), digest, sorted(wrapped))
-            self.audit.append(
-                db, action, team, f"{name}@{version}", digest, readers=sorted(wrapped)
-            )
-        return AdapterRef(name, version)
-
-    def _claimed(self, name: str, ident: Identity) -> NameState:
-        """The state of ``name`` for a push by ``ident``'s team, claiming a new name."""
-        state = self.records.load(name)
-        if state is None:
-            return self.records.claim(name, ident)
-        if state.name != name:
-            raise ValidationError(
-                f"adapter name {name!r} collides with existing {state.name!r} "
-                "(names differ only by case): use the existing name or another"
-            )
-        if state.owner != ident.team:
-            raise AccessError(f"adapter {name!r} belongs to team {state.owner!r}")
-        return state
-
-    def _wrap_for(self, teams: set[str], data_key: bytes, oid: bytes, version: int) -> set[str]:
-        """Store the data key wrapped for each of ``teams`` (trusted keys only)."""
-        for t in sorted(teams):
-            self.blobs.put(
-                self._key(oid.hex(), f"keys/{t}"),
-                objects.wrap_key(self._public_of(t), data_key, oid, version),
-            )
-        return set(teams)
+        return publish.store(self, adapter, self._acting(team), metadata, share)
 
     def pull(
         self, ref: AdapterRef, *, team: str | None = None, where: str = "cli"
@@ -405,35 +297,7 @@ class Vault:
 
     def list(self, *, team: str | None = None) -> list[AdapterRecord]:
         """Every live version the owners' signed records let the acting team read."""
-        team = self._acting(team)
-        out = []
-        for key in self.records.names():
-            try:
-                state = self.records.load(key)
-            except HubError:
-                continue  # untrusted owner or altered records: nothing in it is readable
-            if state is None or team not in state.ever:
-                continue
-            for v in state.live():
-                readers = state.readers(v)
-                if team not in readers:
-                    continue
-                try:
-                    m = self._manifest(state, v)
-                except HubError:
-                    continue
-                out.append(
-                    AdapterRecord(
-                        name=state.name,
-                        version=v,
-                        team=state.owner,
-                        created=m["created"],
-                        size=sum(f["size"] for f in m["files"]),
-                        base_fingerprint=m.get("base_fingerprint"),
-                        shared_with=tuple(sorted(readers)),
-                    )
-                )
-        return sorted(out, key=lambda r: (r.name, r.version))
+        return catalog.readable(self, self._acting(team))
 
     def share(self, ref: AdapterRef, *, team: str | None = None, with_team: str) -> AdapterRef:
         """Wrap the data key of ``ref`` (every version when unversioned) for ``with_team``.
@@ -460,38 +324,10 @@ class Vault:
     def reindex(self, *, team: str | None = None) -> dict[str, Any]:
         """Rebuild the index's names, versions and grants from the signed records alone.
 
-        Returns ``{"names": n, "versions": n, "skipped": {name: reason}}``; a
-        name whose owner is not trusted here, or whose records do not verify,
-        is skipped (left out of the index). The audit head is kept.
+        See :func:`plugins.vault.catalog.reindex`.
         """
-        rows, skipped = [], {}
-        for key in self.records.names():
-            try:
-                state = self.records.load(key)
-                assert state is not None
-                manifests = {v: self._manifest(state, v) for v in state.live()}
-            except HubError as exc:
-                skipped[key] = str(exc)
-                continue
-            rows.append((state, manifests))
-        with self.index.write() as db:
-            self.index.rebuild(db, rows)
-            self.audit.append(db, "reindex", team or self.team or "-", "", "", names=len(rows))
-        return {
-            "names": len(rows),
-            "versions": sum(len(m) for _, m in rows),
-            "skipped": skipped,
-        }
+        return catalog.reindex(self, team or self.team)
 
     def orphans(self) -> list[str]:
         """Object ids with blobs but no signed publish record (left by interrupted pushes)."""
-        known = set()
-        for key in self.records.names():
-            try:
-                state = self.records.load(key)
-            except HubError:
-                continue
-            if state is not None:
-                known |= {g.object_id for g in state.versions.values()}
-        found = {k.split("/")[1] for k in self.blobs.keys("objects/")}
-        return sorted(found - known)
+        return catalog.orphans(self)

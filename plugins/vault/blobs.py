@@ -158,10 +158,19 @@ class FileBlobStore:
         finally:
             os.close(folder)
 
-    def get(self, key: str) -> bytes:
-        """Read the whole blob (a regular file, not through a link)."""
+    def get(self, key: str, limit: int | None = None) -> bytes:
+        """Read the whole blob (a regular file, not through a link).
+
+        ``limit``: refuse a blob larger than this many bytes before reading it.
+        """
         with os.fdopen(self._open_file(key), "rb") as fh:
-            return fh.read()
+            size = os.fstat(fh.fileno()).st_size
+            if limit is not None and size > limit:
+                raise IntegrityError(
+                    f"blob {key} is {size:,} bytes, over its {limit:,} byte bound: the vault "
+                    "was altered outside qlora-hub"
+                )
+            return fh.read(size if limit is not None else -1)
 
     def view(self, key: str) -> memoryview:
         """A read-only memory map of the blob (no copy; used for large payloads)."""
@@ -234,6 +243,15 @@ class FileBlobStore:
                         os.close(sub)
                 elif entry.is_file(follow_symlinks=False) and not entry.name.endswith(".tmp"):
                     out.append(key)
+
+
+def get_bounded(store: BlobStore, key: str, limit: int) -> bytes:
+    """``store.get(key)``, refused when over ``limit`` bytes (before reading, where the
+    store can tell: the file store checks the size first)."""
+    blob = store.get(key, limit=limit) if isinstance(store, FileBlobStore) else store.get(key)
+    if len(blob) > limit:
+        raise IntegrityError(f"blob {key} is over its {limit:,} byte bound: the vault was altered")
+    return blob
 
 
 BLOB_SCHEMES: dict[str, Callable[[str], BlobStore]] = {"file": FileBlobStore}

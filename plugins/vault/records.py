@@ -19,10 +19,10 @@ from pathlib import Path
 
 from hub.atomic import atomic_write
 from hub.errors import IntegrityError
-from hub.grants import NameState, claim_record, digest, replay, sign_record
+from hub.grants import MAX_RECORD_BYTES, NameState, claim_record, digest, replay, sign_record
 from hub.identity import Identity, PublicIdentity
 from hub.names import collision_key
-from plugins.vault.blobs import BlobStore
+from plugins.vault.blobs import BlobStore, get_bounded
 
 _SEQ = re.compile(r"[0-9]{8}", re.ASCII)
 
@@ -60,7 +60,7 @@ class NameRecords:
                 f"signed records of adapter {name!r} have gaps or foreign files: the storage "
                 "was altered outside qlora-hub"
             )
-        return [self.blobs.get(k) for k in keys]
+        return [get_bounded(self.blobs, k, MAX_RECORD_BYTES) for k in keys]
 
     def load(self, name: str) -> NameState | None:
         """The verified state of ``name`` (None: no team ever published it)."""

@@ -18,7 +18,7 @@ from hub.errors import UnknownNameError, ValidationError
 from hub.grants import NameState
 from hub.teams import trusted
 from hub.types import AdapterPayload, AdapterRef
-from plugins.vault import objects
+from plugins.vault import objects, publish
 
 if TYPE_CHECKING:
     from plugins.vault.backend import Vault
@@ -89,7 +89,8 @@ def revoke(vault: Vault, ref: AdapterRef, team: str, from_team: str) -> AdapterR
         vault.audit.append(db, "revoke", team, state.name, "", from_team=from_team)
     readers = state.readers(source)
     old = vault.pull(AdapterRef(state.name, source), team=team, where="revoke")
-    new = vault._store(
+    new = publish.store(
+        vault,
         AdapterPayload(old.name, old.files, None, old.manifest),
         team,
         old.manifest.get("metadata"),

@@ -177,3 +177,24 @@ def test_huge_chunk_size_is_refused(vault):
     _rewrite_header(vault, chunk_size=2**32 - 1, chunks=1)
     _refused_quickly(vault, ref, "chunk size 4294967295 is outside")
     assert objects.MAX_CHUNK < 2**32 - 1
+
+
+@pytest.mark.parametrize("which", ["manifest", "keys/alpha", "record"])
+def test_oversized_small_blob_is_refused_before_it_is_read(vault, which):
+    ref = vault.push(sample_adapter("upper"))
+    path = (
+        vault.blobs.root / "names" / "upper" / "00000001"
+        if which == "record"
+        else _object_dir(vault) / which
+    )
+    with open(path, "r+b") as fh:
+        fh.truncate(64 << 20)  # sparse: 64 MiB claimed, nothing allocated on disk
+    tracemalloc.start()
+    try:
+        with pytest.raises(IntegrityError, match="byte bound") as info:
+            vault.pull(ref)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "\n" not in str(info.value)
+    assert peak < 8 << 20
