@@ -69,7 +69,11 @@ def _load_reporting_skips(quantizer: Any, base: str, options: dict[str, Any]) ->
 @click.command("quantize")
 @click.argument("base")
 @click.option("--out", type=click.Path(path_type=Path), help="Write a pre-quantized checkpoint.")
-@click.option("--report", is_flag=True, help="Print the footprint and error report instead.")
+@click.option(
+    "--report",
+    is_flag=True,
+    help="Print the footprint and error report instead (headline: --method, nf4 or fp4).",
+)
 @click.option("--method", default=None, help="Quantizer [setting quantize.method; default nf4].")
 @click.option(
     "--double-quant/--no-double-quant",
@@ -103,13 +107,15 @@ def quantize_cmd(
     method = state.settings.get("quantize.method")
     quantizer = state.hub.quantizers[method]
     if report:
-        from plugins.nf4.report import build_report, print_report
+        from plugins.nf4.report import build_report, check_method, print_report
 
+        check_method(method)  # before the (slow) load
         state.settings.override("quantize.double_quant", flags["double_quant"])
         result = build_report(
             base,
             allow_pickle=flags["allow_pickle"],
             double_quant=state.settings.get("quantize.double_quant"),
+            method=method,
         )
         if as_json:
             click.echo(json.dumps(result, indent=2))

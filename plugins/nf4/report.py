@@ -6,16 +6,22 @@ absmax; the report gives parameters, bytes, bits per parameter, relative
 MSE (``||W - Ŵ||² / ||W||²``) and max abs error for each, then totals for
 the quantized weights and for the whole model (unquantized tensors at their
 stored size), and the same error figures on a Gaussian reference matrix.
+``--method`` picks the headline format (bits column, title); the report
+measures the 4-bit formats only, so other methods are refused with the way
+to quantize with them instead.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from hub.errors import ValidationError
 from plugins.nf4.footprint import nf4_limit_bits
 from plugins.nf4.reconstruction import FORMATS, compare_formats, figures
 from plugins.nf4.source import plan_layers, resolve_source
 
+REPORTED_METHODS = ("nf4", "fp4")
+"""Methods whose format the report measures (and headlines)."""
 GAUSSIAN_SHAPE = (768, 256)
 GAUSSIAN_SEED = 0
 
@@ -40,16 +46,28 @@ def gaussian_reference(*, double_quant: bool = True) -> dict[str, Any]:
     }
 
 
+def check_method(method: str) -> str:
+    """``method`` if the report can headline it, else a ValidationError saying what to do."""
+    if method not in REPORTED_METHODS:
+        raise ValidationError(
+            f"--report measures the 4-bit formats ({', '.join(REPORTED_METHODS)}); it has no "
+            f"figures for method {method!r}: quantize with it using --out DIR instead"
+        )
+    return method
+
+
 def build_report(
-    source: str, *, allow_pickle: bool = False, double_quant: bool = True
+    source: str, *, allow_pickle: bool = False, double_quant: bool = True, method: str = "nf4"
 ) -> dict[str, Any]:
     """Measure footprint and reconstruction error of ``source`` (model directory or hub id).
 
     Returns:
-        ``{"source", "base_fingerprint", "double_quant", "format_limit_bits", "layers",
-        "skipped", "quantized_total", "model_total", "gaussian"}``; each format's
-        figures are ``{"bytes", "bits_per_param", "rel_mse", "max_abs"}``.
+        ``{"source", "method", "base_fingerprint", "double_quant", "format_limit_bits",
+        "layers", "skipped", "quantized_total", "model_total", "gaussian"}``; each
+        format's figures are ``{"bytes", "bits_per_param", "rel_mse", "max_abs"}``;
+        ``method`` is the headline format.
     """
+    check_method(method)
     from rich.progress import track
 
     from plugins.nf4.quantizers import builtin_quantizers
@@ -82,6 +100,7 @@ def build_report(
     all_params = q_params + rest_params
     return {
         "source": src.given,
+        "method": method,
         "base_fingerprint": src.fingerprint(),
         "double_quant": double_quant,
         "format_limit_bits": nf4_limit_bits(double_quant),
@@ -112,10 +131,10 @@ def _short(name: str, prefix: str) -> str:
     return name[len(prefix) :] if prefix and name.startswith(prefix) else name
 
 
-def _error_cells(figs: dict[str, dict[str, float]]) -> list[str]:
-    """nf4 bits, then relative MSE of each format, then max abs error of each format."""
+def _error_cells(figs: dict[str, dict[str, float]], method: str) -> list[str]:
+    """``method``'s bits, then relative MSE of each format, then max abs error of each."""
     return [
-        f"{figs['nf4']['bits_per_param']:.3f}",
+        f"{figs[method]['bits_per_param']:.3f}",
         *[f"{figs[f]['rel_mse']:.5f}" for f in FORMATS],
         *[f"{figs[f]['max_abs']:.4f}" for f in FORMATS],
     ]
@@ -129,16 +148,17 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
     from rich.table import Table
 
     console = console or Console()
+    method = report.get("method", "nf4")
     names = [row["name"] for row in report["layers"]]
     prefix = os.path.commonprefix(names).rpartition(".")[0] + "." if len(names) > 1 else ""
     dq = "with" if report["double_quant"] else "without"
     table = Table(
         title=f"quantization error per layer of {report['source']} "
-        f"(block 64; nf4/fp4 {dq} double quant)",
+        f"(method {method}; block 64; nf4/fp4 {dq} double quant)",
         caption=(f"layer names without the prefix {prefix!r}; " if prefix else "")
         + "int4 = plain blockwise absmax int4 (-7..7, one fp32 scale per 64 weights)",
     )
-    for col in ("layer", "shape", "params", "bits nf4"):
+    for col in ("layer", "shape", "params", f"bits {method}"):
         table.add_column(col, justify="left" if col == "layer" else "right", no_wrap=True)
     for label in ("rel MSE", "max err"):
         for fmt in FORMATS:
@@ -146,15 +166,17 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
     for row in report["layers"]:
         table.add_row(
             _short(row["name"], prefix), "x".join(map(str, row["shape"])), f"{row['params']:,}",
-            *_error_cells(row),
+            *_error_cells(row, method),
         )  # fmt: skip
     total, gauss = report["quantized_total"], report["gaussian"]
     table.add_section()
-    table.add_row("all quantized", "", f"{total['params']:,}", *_error_cells(total), style="bold")
+    table.add_row(
+        "all quantized", "", f"{total['params']:,}", *_error_cells(total, method), style="bold"
+    )
     g_params = gauss["shape"][0] * gauss["shape"][1]
     table.add_row(
-        "gaussian ref.", "x".join(map(str, gauss["shape"])), f"{g_params:,}", *_error_cells(gauss),
-        style="italic",
+        "gaussian ref.", "x".join(map(str, gauss["shape"])), f"{g_params:,}",
+        *_error_cells(gauss, method), style="italic",
     )  # fmt: skip
     console.print(table)
 
