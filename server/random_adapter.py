@@ -8,14 +8,22 @@ from pathlib import Path
 from hub.types import AdapterPayload
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+"""The embedded base's (Llama's) linear layers; pass ``targets="all-linear"`` for any other."""
 
 
 def random_lora_payload(
-    base: Path, name: str, *, seed: int, r: int = 16, std: float = 0.08
+    base: Path,
+    name: str,
+    *,
+    seed: int,
+    r: int = 16,
+    std: float = 0.08,
+    targets: list[str] | str = TARGETS,
 ) -> AdapterPayload:
     """A PEFT LoRA on ``base`` with seeded random A and B (B non-zero, so it changes outputs).
 
     Built with PEFT and serialised with safetensors straight into memory.
+    ``targets`` is PEFT's ``target_modules`` (a list of names, or ``"all-linear"``).
     """
     import torch
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
@@ -24,7 +32,7 @@ def random_lora_payload(
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=TARGETS, lora_dropout=0.0)
+    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, lora_dropout=0.0)
     peft_model = get_peft_model(model, config)
     with torch.no_grad():
         for pname, param in peft_model.named_parameters():

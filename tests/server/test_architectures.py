@@ -352,3 +352,120 @@ def test_a_merge_that_fails_leaves_nothing_behind(hub, tiny, tmp_path) -> None:
     assert str(err.value).startswith("merging huge gives a model that does not reproduce base")
     assert str(err.value).endswith("nothing was written")
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- the matrix: quantize, train, serve, export, merge on every architecture -----------------
+
+
+def _served(hub, home: Path, checkpoint: Path, payloads: list[AdapterPayload]):
+    """A live server over ``checkpoint`` with ``payloads`` shared to it; ``(LiveServer, client)``."""
+    from openai import OpenAI
+
+    from hub.config import load_settings
+    from hub.store import open_store
+    from server.app import build_state, create_app
+    from server.auth import KeyStore
+    from server.model import load_served_base
+    from tests.server.conftest import LiveServer, start_uvicorn
+
+    settings = load_settings(home)
+    settings.override("hub.storage", "local")
+    store = open_store(hub, settings)
+    for payload in payloads:
+        store.push(payload, team="alpha", share_with=["server"])
+    keys = {"alpha": KeyStore(home).create("alpha")[1]}
+    state = build_state(hub, settings, load_served_base(hub, checkpoint), store, identity="server")
+    server, thread, url = start_uvicorn(create_app(state, hub))
+    live = LiveServer(url, keys, state, store, home, hub, server, thread)
+    return live, OpenAI(base_url=url + "/v1", api_key=keys["alpha"], max_retries=0)
+
+
+def _complete_all(client, jobs: list[tuple[str, str]]) -> list[str]:
+    """Greedy completions of ``(model, prompt)`` jobs, all in flight at once."""
+    import concurrent.futures as cf
+
+    def one(job: tuple[str, str]) -> str:
+        out = client.completions.create(model=job[0], prompt=job[1], max_tokens=6, temperature=0)
+        return out.choices[0].text
+
+    with cf.ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        return list(pool.map(one, jobs))
+
+
+def _one_batch(live, client, jobs: list[tuple[str, str]]) -> list[str]:
+    """Run ``jobs`` so that they share forward passes; asserts that some pass held 3+ rows.
+
+    The engine is held (the bank's lock) while the requests arrive: at most 3 s,
+    or until all but the one it may be prefilling are waiting.
+    """
+    import concurrent.futures as cf
+    import time
+
+    engine = live.state.engine
+    steps = "qlora_hub_batch_rows_count"
+    small = 'qlora_hub_batch_rows_bucket{le="2.0"}'
+    before = live.metric(steps) - live.metric(small)
+    with cf.ThreadPoolExecutor(max_workers=1) as pool:
+        with engine.bank.lock:  # the engine cannot run a forward pass meanwhile
+            future = pool.submit(_complete_all, client, jobs)
+            deadline = time.monotonic() + 3
+            while engine.queue_depth < len(jobs) - 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        texts = future.result(timeout=120)
+    assert live.metric(steps) - live.metric(small) > before  # a pass ran 3+ rows
+    return texts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(ARCHITECTURES))
+def test_every_architecture_end_to_end(hub, tiny, tmp_path, kind: str) -> None:
+    """quantize -> train -> serve (openai client, mixed batch) -> export to plain PEFT -> merge."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from hub.types import AdapterRef
+    from plugins.trainer.merge import merge_adapter
+    from plugins.trainer.synth import synthesize
+    from plugins.trainer.train import train_adapter
+    from server.random_adapter import random_lora_payload
+
+    quantizer = hub.quantizers["nf4"]
+    checkpoint = tmp_path / "ckpt"
+    quantizer.save(quantizer.load(tiny(kind)), checkpoint)
+    data = synthesize("upper", 32, tmp_path / "data", held_out=0)
+    run = train_adapter(
+        hub, checkpoint, data["train"], tmp_path / "run", name="a", log=None,
+        max_steps=3, batch_size=4, max_length=16, learning_rate=0.05, r=8, alpha=16,
+        dropout=0.0, optimizer="adamw", eval_fraction=0.0, progress=False,
+    )  # fmt: skip
+    trained = AdapterPayload.from_dir(run.adapter_dir, "a")
+    other = random_lora_payload(tiny(kind), "b", seed=9, r=4, std=0.3, targets="all-linear")
+
+    live, client = _served(hub, tmp_path / "home", checkpoint, [trained, other])
+    try:
+        jobs = [(m, p) for p in PROMPTS for m in ("a", "b", "base")]
+        alone = [_complete_all(client, [job])[0] for job in jobs]
+        mixed = _one_batch(live, client, jobs)
+    finally:
+        live.uvicorn.should_exit = True
+        live.thread.join(timeout=30)
+    assert mixed == alone
+    by_model = {m: [t for (jm, _), t in zip(jobs, alone, strict=True) if jm == m] for m in "ab"}
+    base_texts = [t for (jm, _), t in zip(jobs, alone, strict=True) if jm == "base"]
+    assert by_model["a"] != base_texts and by_model["b"] != base_texts  # both adapters matter
+
+    exported = tmp_path / "exported"
+    live.store.export(AdapterRef("a", 1), exported, team="alpha")
+    ids = torch.tensor([[40, 41, 42, 43]])
+    with torch.no_grad():
+        plain = PeftModel.from_pretrained(quantizer.load_quantized(checkpoint), exported)
+        ours = hub.adapters["lora"].load(quantizer.load_quantized(checkpoint), trained, "a")
+        assert torch.equal(plain(input_ids=ids).logits, ours(input_ids=ids).logits)
+        with ours.disable_adapter():
+            assert torch_max(ours(input_ids=ids).logits - plain(input_ids=ids).logits) > 0.01
+
+    report = merge_adapter(hub, str(checkpoint), trained, tmp_path / "merged")
+    assert report["max_abs_diff"] < 0.1 * report["logit_scale"]
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert type(merged).__name__ == type(ours.base_model.model).__name__
