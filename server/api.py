@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from litestar import Request, get, post
+from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
 from litestar.response import Stream
 
 from server.accesslog import on_close
@@ -29,6 +31,7 @@ from server.schemas import (
     CompletionRequest,
     SamplingFields,
     decode,
+    json_schema,
 )
 
 if TYPE_CHECKING:
@@ -123,7 +126,23 @@ async def read_request(request: Request, kind: type[SamplingFields]) -> Any:
     return data
 
 
-@post("/v1/completions", status_code=200)
+def with_body(kind: type[SamplingFields]) -> type[Operation]:
+    """An OpenAPI operation documenting ``kind`` as the JSON body.
+
+    The handlers read the body themselves, after authentication, so Litestar does not
+    see a ``data`` parameter to document.
+    """
+
+    @dataclass
+    class WithBody(Operation):
+        def __post_init__(self) -> None:
+            schema = OpenAPIMediaType(schema=json_schema(kind))  # type: ignore[arg-type]
+            self.request_body = RequestBody(content={"application/json": schema}, required=True)
+
+    return WithBody
+
+
+@post("/v1/completions", status_code=200, operation_class=with_body(CompletionRequest))
 async def completions(request: Request) -> Any:
     """Text completion with the adapter named by ``model``."""
     srv = server_of(request)
@@ -135,7 +154,7 @@ async def completions(request: Request) -> Any:
     return await _generate(request, caller, data, prompt_ids, chat=False, echo=echo, leave=leave)
 
 
-@post("/v1/chat/completions", status_code=200)
+@post("/v1/chat/completions", status_code=200, operation_class=with_body(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Any:
     """Chat completion: the messages go through the base's chat template."""
     srv = server_of(request)

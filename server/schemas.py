@@ -166,6 +166,22 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
+def json_schema(kind: type[msgspec.Struct]) -> dict[str, Any]:
+    """``kind``'s JSON schema with every ``$ref`` inlined (for the OpenAPI document)."""
+    (top,), defs = msgspec.json.schema_components([kind], ref_template="{name}")
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(defs[node["$ref"]])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return inline(top)
+
+
 def decode(body: bytes, kind: type[SamplingFields], *, strict: bool = True) -> Any:
     """Decode and check a request body; raises :class:`BadRequest` naming the field.
 
