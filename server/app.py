@@ -139,6 +139,7 @@ def create_app(state: ServerState, hub: Any = None, *, max_body_bytes: int = 1 <
     The engine thread starts with the app and stops with it.
     """
     from server.accesslog import AccessLogMiddleware
+    from server.gate import AdmissionGate
 
     def observe(path: str, status: int, seconds: float) -> None:
         state.metrics.requests.labels(path, str(status)).inc()
@@ -167,5 +168,5 @@ def create_app(state: ServerState, hub: Any = None, *, max_body_bytes: int = 1 <
     )
     app.state.server = state
     # outside Litestar's router, so requests for unknown paths are logged and counted too
-    app.asgi_handler = AccessLogMiddleware(app.asgi_handler, observe)
+    app.asgi_handler = AccessLogMiddleware(AdmissionGate(app.asgi_handler, state), observe)
     return app

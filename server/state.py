@@ -45,7 +45,20 @@ class ServerState:
 
     def authenticate(self, request: Request) -> Caller:
         """The caller of ``request`` from ``Authorization: Bearer KEY``; 401 or 429 otherwise."""
-        header = request.headers.get("authorization", "")
+        return self.caller_of(request.scope)
+
+    def caller_of(self, scope: dict) -> Caller:
+        """The caller from the scope's ``Authorization: Bearer KEY``; 401 or 429 otherwise.
+
+        Checked once per request (the rate limit spends one token): later calls for the
+        same scope return the same caller.
+        """
+        if "caller" in scope["state"]:
+            return scope["state"]["caller"]
+        header = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"authorization"),
+            "",
+        )
         scheme, _, key = header.partition(" ")
         caller = self.keys.lookup(key.strip()) if scheme.lower() == "bearer" else None
         if caller is None:
@@ -59,7 +72,8 @@ class ServerState:
                 "rate limit exceeded for this API key",
                 headers={"Retry-After": str(int(wait) + 1)},
             )
-        request.scope["state"]["log"].update(team=caller.team, key_id=caller.key_id)
+        scope["state"]["caller"] = caller
+        scope["state"].setdefault("log", {}).update(team=caller.team, key_id=caller.key_id)
         return caller
 
     def admit(self, request: Request) -> Callable[[], None]:
@@ -68,13 +82,20 @@ class ServerState:
         Returns ``leave`` (idempotent): call it once the engine has queued the request. The
         place is given back when the HTTP exchange ends in any case.
         """
+        return self.admit_scope(request.scope)
+
+    def admit_scope(self, scope: dict) -> Callable[[], None]:
+        """:meth:`admit` for an ASGI scope (once per request, like :meth:`caller_of`)."""
+        if "leave" in scope["state"]:
+            return scope["state"]["leave"]
         leave = self.admission.enter()
         if leave is None:
             self.metrics.rejected.labels("queue_full").inc()
             raise APIError(
                 429, "the server is at capacity; retry shortly", headers={"Retry-After": "1"}
             )
-        on_close(request.scope, leave)
+        scope["state"]["leave"] = leave
+        on_close(scope, leave)
         return leave
 
     def admin(self, request: Request) -> Caller:
