@@ -101,6 +101,7 @@ def test_ready_is_503_until_the_engine_runs_and_again_after_it_stops(
     with TestClient(app) as running:
         during = running.get("/ready")
     after = outside.get("/ready")
-    assert (before.status_code, before.json()) == (503, {"ready": False})
+    stopped = {"ready": False, "reason": "the engine is not running"}
+    assert (before.status_code, before.json()) == (503, stopped)
     assert (during.status_code, during.json()) == (200, {"ready": True})
-    assert (after.status_code, after.json()) == (503, {"ready": False})
+    assert (after.status_code, after.json()) == (503, stopped)
