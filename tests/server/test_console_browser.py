@@ -185,10 +185,12 @@ def cli_error(site: dict, capsys: Any, monkeypatch: Any, *args: str) -> str:
     return err[-1]
 
 
-def push(page: Any, site: dict, directory: Path, name: str) -> None:
+def push(page: Any, site: dict, directory: Path, name: str, base: Path | None = None) -> None:
     page.goto(site["consoles"]["alpha"]["url"] + "/push")
     page.fill("#directory", str(directory))
     page.fill("#name", name)
+    if base is not None:
+        page.fill("#base", str(base))
     page.click("#push-form button[type=submit]")
 
 
@@ -223,7 +225,9 @@ def test_missing_or_wrong_login_token_is_a_401_page(browser, site, shots) -> Non
 
 def test_push_share_revoke_changes_beta_view_and_the_audit_log(browser, site, shots) -> None:
     alpha, beta = login(browser, site, "alpha"), login(browser, site, "beta")
-    push(alpha, site, site["dirs"]["good"], "greeter")
+    from hub.base import fingerprint
+
+    push(alpha, site, site["dirs"]["good"], "greeter", base=site["base"])
     assert alpha.url.endswith("/adapters/greeter")
     assert alpha.text_content(".flash") == "pushed greeter@1"
     assert "greeter@1" in refs_visible(site, "alpha") and "greeter@1" not in refs_visible(
@@ -246,6 +250,13 @@ def test_push_share_revoke_changes_beta_view_and_the_audit_log(browser, site, sh
     shot(alpha, shots, "confirm")
     alpha.click("#confirm")
     assert alpha.text_content(".flash") == "shared greeter with beta (latest shared: greeter@1)"
+    alpha.click("#verify-form button")
+    assert alpha.text_content(".flash") == "ok greeter@1 (663,582 bytes)"
+    row = alpha.locator("tr[data-ref='greeter@1']")
+    assert row.locator("code").get_attribute("title") == fingerprint(site["base"])
+    assert row.locator("td").nth(5).text_content() == (
+        "manifest signature verified; payload: verified: signatures, trust and file hashes"
+    )
     shot(alpha, shots, "adapter")
     beta.reload()
     row = beta.locator("tr[data-ref='greeter@1']")
@@ -388,3 +399,27 @@ def test_playground_generates_on_the_local_base_as_the_core_would(browser, site,
     assert shown == expected
     pulls = [e for e in audit_entries(site) if e["action"] == "pull" and e["ref"] == "playful@1"]
     assert pulls and pulls[-1]["where"] == "console"
+
+
+def test_operator_page_shows_resident_adapters_queue_and_rates(
+    browser, small_home, embedded_base, shots
+) -> None:
+    from tests.server.conftest import start_small_server
+
+    live = start_small_server(small_home, embedded_base)
+    try:
+        for name in ("r0", "r2"):
+            assert live.complete(name, "hello", max_tokens=4).status_code == 200
+        context = browser.new_context(
+            viewport=VIEWPORT, http_credentials={"username": "ops", "password": live.keys["admin"]}
+        )
+        page = context.new_page()
+        assert page.goto(live.url + "/ui").status == 200
+        assert page.locator("#resident tbody th").all_text_contents() == ["r2@1", "r0@1"]
+        assert page.text_content("#queue").startswith("0 waiting")
+        assert page.locator("#rates tbody th", has_text="/v1/completions").count() == 1
+        shot(page, shots, "operator")
+        anonymous = browser.new_context().request.get(live.url + "/ui")
+        assert anonymous.status == 401 and anonymous.headers["www-authenticate"].startswith("Basic")
+    finally:
+        live.stop()
