@@ -1,0 +1,28 @@
+"""Minimal, complete examples of the registrable interfaces (docs/writing-plugins.md).
+
+Each object passes its contract suite in ``hub.testing``
+(tests/hub/test_doc_examples.py runs them).
+"""
+
+from hub import hookimpl
+
+
+@hookimpl
+def register_quantizers(register):
+    from qlora_hub_minimal.quantizer import Bf16Quantizer
+
+    register(Bf16Quantizer())
+
+
+@hookimpl
+def register_adapters(register):
+    from qlora_hub_minimal.adapter import TinyLora
+
+    register(TinyLora())
+
+
+@hookimpl
+def register_aggregators(register):
+    from qlora_hub_minimal.aggregator import make_aggregator
+
+    register(make_aggregator())
