@@ -168,16 +168,26 @@ class OptimizerFactory(Protocol):
 
 @runtime_checkable
 class StorageBackend(Protocol):
-    """Keeps adapter versions, per team.
+    """Keeps adapter versions, per team: bytes and records, no policy.
 
-    Registered as a class; instantiated as ``cls(root, *, hub=None, **options)``
-    (see :func:`hub.store.open_store`). Options every backend accepts:
-    ``team`` (default acting team, else ``$QLORA_HUB_TEAM``), ``passphrase``
-    (string or zero-argument callable for a protected key file; backends
-    without keys ignore it) and ``home`` (where ``teams/`` and ``trust/``
-    live; default two levels above ``root``). ``team=None`` in any method
-    means that default acting team. A team sees only versions shared with it:
-    anything else is :class:`hub.errors.UnknownNameError`, as if absent.
+    Registered as a class; instantiated as ``cls(root, *, hub=None, settings=None,
+    **options)`` (see :func:`hub.store.open_backend`): ``settings`` are the caller's
+    effective settings (``--config`` included), from which a backend reads its own
+    table. Options every backend accepts: ``team`` (default acting team),
+    ``passphrase`` (string or zero-argument callable for a protected key file;
+    backends without keys ignore it) and ``home`` (where ``teams/`` and ``trust/``
+    live; default two levels above ``root``).
+
+    The core (:mod:`hub.adapters`, which :func:`hub.store.open_store` puts in
+    front of every backend) checks names, validates adapters, runs
+    ``validate_adapter`` on store and load, fires ``adapter_published`` and
+    ``adapter_loaded`` exactly once, and resolves the acting team; a backend
+    does none of that. It allocates versions under a write lock, keeps
+    per-version read lists, refuses pushes to a name another team owns and
+    names that collide by case, and answers :class:`hub.errors.UnknownNameError`
+    for anything the team may not read, as if absent. An optional
+    ``capabilities`` attribute (see :data:`hub.adapters.CAPABILITIES`) says what
+    it guarantees beyond that.
     """
 
     name: str
@@ -191,7 +201,7 @@ class StorageBackend(Protocol):
         metadata: Mapping[str, Any] | None = None,
         share_with: Iterable[str] = (),
     ) -> AdapterRef:
-        """Validate and store ``adapter`` as the next version of ``adapter.name``; never overwrites.
+        """Store ``adapter`` as the next version of ``adapter.name``; never overwrites.
 
         Readers: ``team``, the teams that could read the previous latest version, ``share_with``.
         """
