@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from server.bench_admission import burst, flood
 from server.naive import NaiveEngine
 
 ADAPTERS = [f"bench{i}" for i in range(8)]
@@ -123,8 +124,15 @@ def run_bench(
     max_tokens: int = 16,
     repeats: int = 3,
     progress: bool = True,
+    burst_requests: int = 1000,
+    flood_requests: int = 20,
 ) -> dict[str, Any]:
-    """Run every scenario; returns the JSON-able result (ratios against baselines from this run)."""
+    """Run every scenario; returns the JSON-able result (ratios against baselines from this run).
+
+    ``burst_requests`` simultaneous requests measure the 429 answers' latency;
+    ``flood_requests`` completions measure latency while anonymous 1 MB posts arrive
+    (:mod:`server.bench_admission`).
+    """
     import logging
 
     from rich.progress import Progress
@@ -181,6 +189,10 @@ def run_bench(
                     _engine_only(state, ADAPTERS[:1], clients, max_tokens)
                 )
             engine_only = {label: _median_run(runs) for label, runs in engine_runs.items()}
+            eos, state.engine.eos_ids = state.engine.eos_ids, set()
+            burst_run = burst(url, key, ADAPTERS[0], burst_requests)  # admitted ones: 4 tokens
+            state.engine.eos_ids = eos
+            flood_run = flood(url, key, ADAPTERS[0], flood_requests)
             bar.advance(task, 2)
         finally:
             _stop(server)
@@ -221,7 +233,14 @@ def run_bench(
         "cold_load_ms": cold,
         "ratio_mixed8_vs_naive8": round(mixed["tokens_per_s"] / naive_run["tokens_per_s"], 2),
         "ratio_mixed8_vs_single1": round(mixed["tokens_per_s"] / single["tokens_per_s"], 2),
-        "targets": {"mixed8_vs_naive8": 3.0, "mixed8_vs_single1": 0.8},
+        "burst": burst_run,
+        "anonymous_flood": flood_run,
+        "targets": {
+            "mixed8_vs_naive8": 3.0,
+            "mixed8_vs_single1": 0.8,
+            "burst_429_p99_ms": 100,
+            "flood_p50_vs_quiet": 1.5,
+        },
     }
 
 
@@ -355,3 +374,12 @@ def render(result: dict[str, Any]) -> None:
     )
     console.print(f"PEFT adapter_names static batch: {result['peft_adapter_names_static_batch']}")
     console.print(f"cold adapter load ({result['storage']}): {result['cold_load_ms']} ms")
+    b, f = result["burst"], result["anonymous_flood"]
+    console.print(
+        f"burst of {b['requests']}: {b['statuses']}; 429 p50 {b['rejected_429_p50_ms']} ms, "
+        f"p99 {b['rejected_429_p99_ms']} ms (target p99 < 100)"
+    )
+    console.print(
+        f"p50 with {f['anonymous_senders']} anonymous 1 MB posters: {f['flooded_p50_ms']} ms vs "
+        f"{f['quiet_p50_ms']} ms quiet = {f['ratio_flooded_vs_quiet']}x (target <= 1.5)"
+    )

@@ -102,6 +102,12 @@ def api_key_create(state: CliState, team: str, admin: bool) -> None:
 @click.option("--clients", type=int, default=32, help="Concurrent clients.")
 @click.option("--max-tokens", type=int, default=16, help="Tokens per request.")
 @click.option("--repeats", type=int, default=3, help="Runs of mixed8 and single1 (median kept).")
+@click.option(
+    "--burst", "burst", type=int, default=1000, help="Simultaneous requests (429 latency)."
+)
+@click.option(
+    "--flood-requests", type=int, default=20, help="Completions timed quiet and under the flood."
+)
 @pass_state
 def bench_serve(
     state: CliState,
@@ -111,6 +117,8 @@ def bench_serve(
     clients: int,
     max_tokens: int,
     repeats: int,
+    burst: int,
+    flood_requests: int,
 ) -> None:
     """Mixed-adapter batching vs a naive set_adapter server, 8 adapters vs 1, latency, cold load."""
     from server.bench import run_bench
@@ -123,6 +131,8 @@ def bench_serve(
         max_tokens=max_tokens,
         repeats=repeats,
         progress=not as_json,
+        burst_requests=burst,
+        flood_requests=flood_requests,
     )
     if as_json:
         click.echo(json.dumps(result, indent=2))

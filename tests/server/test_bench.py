@@ -32,6 +32,10 @@ def test_bench_serve_json_reports_every_scenario_without_failures(embedded_base,
             "2",
             "--repeats",
             "1",
+            "--burst",
+            "40",
+            "--flood-requests",
+            "2",
         ],
         capture_output=True,
         text=True,
@@ -47,3 +51,8 @@ def test_bench_serve_json_reports_every_scenario_without_failures(embedded_base,
     assert result["storage"] == "vault"
     assert result["cold_load_ms"]["n"] == 8
     assert result["ratio_mixed8_vs_naive8"] > 0 and result["ratio_mixed8_vs_single1"] > 0
+    assert result["burst"]["requests"] == 40
+    assert sum(result["burst"]["statuses"].values()) == 40
+    assert set(result["burst"]["statuses"]) <= {"200", "429"}
+    assert result["anonymous_flood"]["quiet_p50_ms"] > 0
+    assert result["anonymous_flood"]["flooded_p50_ms"] > 0
