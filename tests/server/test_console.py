@@ -161,3 +161,72 @@ def test_operator_page_needs_an_admin_key(small_home, embedded_base) -> None:
         assert httpx.get(live.url + "/ui/console.css").status_code == 200
     finally:
         live.stop()
+
+
+def test_ui_command_prints_a_login_url_on_loopback(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.server.conftest import free_port
+
+    port = free_port()
+    env = {**os.environ, "QLORA_HUB_HOME": str(tmp_path), "QLORA_HUB_TEAM": "alpha"}
+    args = ["-m", "hub", "ui", "--storage", "local", "--port", str(port)]
+    proc = subprocess.Popen(
+        [sys.executable, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        url = proc.stdout.readline().strip()
+        assert re.fullmatch(rf"http://127\.0\.0\.1:{port}/login\?token=[A-Za-z0-9_-]{{43}}", url)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = httpx.get(url)
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+        assert r.status_code == 303 and r.headers["location"] == "/adapters"
+        assert httpx.get(url.replace("token=", "token=x")).status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_playground_generates_through_a_configured_server(small_home, embedded_base) -> None:
+    from hub.config import load_settings
+    from hub.store import open_store
+    from server.console.app import create_console_app
+    from server.console.state import ConsoleState
+    from tests.server.conftest import start_small_server, start_uvicorn
+
+    live = start_small_server(small_home, embedded_base)
+    settings = load_settings(small_home["home"])
+    settings.override("hub.storage", "local")
+    st = ConsoleState(
+        hub=small_home["hub"],
+        store=open_store(small_home["hub"], settings, team="alpha"),
+        team="alpha",
+        serve_url=live.url,
+        serve_key=live.keys["alpha"],
+    )
+    server, thread, url = start_uvicorn(create_console_app(st))
+    try:
+        client = logged_in((st, url))
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/playground").text)[1]
+        form = {"csrf_token": csrf, "target": "server", "prompt": "hello", "max_tokens": "6"}
+        r = client.post("/playground", data={**form, "adapter": "r1@1"}, timeout=120)
+        shown = re.search(r'<pre id="output">(.*?)</pre>', r.text, re.S)[1]
+        expected = live.complete("r1@1", "hello", max_tokens=6).json()["choices"][0]["text"]
+        import html
+
+        assert r.status_code == 200 and html.unescape(shown) == expected
+        r = client.post("/playground", data={**form, "adapter": "beta-only@1"}, timeout=120)
+        assert r.status_code == 400
+        assert "error: server answered 404: " in html.unescape(r.text)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        live.stop()
