@@ -184,25 +184,25 @@ class Vault:
     def _manifest(self, state: NameState, version: int) -> dict[str, Any]:
         """The manifest of ``version``, checked against the owner's signed publish record."""
         grant = state.versions[version]
-        mblob = get_bounded(self.blobs, self._key(grant.object_id, "manifest"), MAX_MANIFEST_BYTES)
-        if hashlib.sha256(mblob).hexdigest() != grant.manifest_sha256:
-            raise IntegrityError(
-                f"manifest of {state.name}@{version} belongs to another object: it does not "
-                "match the owner's signed record"
-            )
-        cached = self._manifests.get(grant.manifest_sha256)
-        if cached is not None:
-            return cached
+        key = self._key(grant.object_id, "manifest")
+        mblob = get_bounded(self.blobs, key, MAX_MANIFEST_BYTES)
+        sha = hashlib.sha256(mblob).hexdigest()
+        if sha == grant.manifest_sha256 and sha in self._manifests:
+            return self._manifests[sha]  # these exact bytes verified before
         manifest, sig = objects.read_manifest(mblob)
         objects.verify_manifest(self._public_of(state.owner), manifest, sig)
         if (
-            manifest.get("name") != state.name
+            sha != grant.manifest_sha256
+            or manifest.get("name") != state.name
             or manifest.get("version") != version
             or manifest.get("object_id") != grant.object_id
             or manifest.get("publisher") != state.owner
         ):
-            raise IntegrityError(f"manifest of {state.name}@{version} belongs to another object")
-        self._manifests[grant.manifest_sha256] = manifest
+            raise IntegrityError(
+                f"manifest of {state.name}@{version} belongs to another object: it does not "
+                "match the owner's signed record"
+            )
+        self._manifests[sha] = manifest
         return manifest
 
     def _data_key(self, state: NameState, version: int, team: str) -> bytes:
