@@ -159,6 +159,8 @@ class LocalStore:
         d = self.root / rec["name"] / str(rec["version"])
         files = {}
         for fname, digest in rec["files"].items():
+            if fname not in (AdapterPayload.CONFIG, AdapterPayload.WEIGHTS):  # never a path
+                raise IntegrityError(f"{d / 'record.json'} lists an unexpected file {fname!r}")
             data = (d / fname).read_bytes()
             if hashlib.sha256(data).hexdigest() != digest:
                 raise IntegrityError(f"{d / fname} does not match its recorded SHA-256")

@@ -34,3 +34,23 @@ def test_corrupted_file_is_an_integrity_error(store):
 def test_no_temp_directories_remain_after_push(store):
     store.push(sample_adapter("upper"))
     assert sorted(p.name for p in (store.root / "upper").iterdir()) == ["1", "name.json"]
+
+
+def test_record_naming_a_file_outside_the_version_is_refused(store, tmp_path):
+    import json
+
+    (tmp_path / "secret").write_bytes(b"not an adapter file")
+    ref = store.push(sample_adapter("upper"))
+    rec_path = store.root / "upper" / "1" / "record.json"
+    rec = json.loads(rec_path.read_text())
+    rec["files"]["../../../secret"] = "0" * 64
+    rec_path.write_text(json.dumps(rec))
+    with pytest.raises(IntegrityError, match="unexpected file '../../../secret'"):
+        store.pull(ref)
+
+
+def test_local_store_only_stores_and_declares_no_capabilities(store):
+    bad = sample_adapter("upper")
+    bad.files["adapter_model.safetensors"] = b"not safetensors"  # the core refuses this, not us
+    assert store.push(bad, team="alpha").version == 1
+    assert store.capabilities == frozenset()
