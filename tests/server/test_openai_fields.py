@@ -284,3 +284,34 @@ def test_user_and_harmless_defaults_are_accepted(live_server) -> None:
         timeout=60,
     )
     assert resp.status_code == 200, resp.text
+
+
+def test_logprobs_end_where_a_stop_string_cuts_the_text(live_server, client) -> None:
+    letters = {str(token_id(live_server, c)): 100 for c in "ABCDEFGHIJ"}  # one char per token
+    kwargs = dict(
+        model="base",
+        prompt="quartz:",
+        max_tokens=12,
+        temperature=0,
+        logprobs=0,
+        logit_bias={**no_end(live_server), **letters},
+    )
+    full = client.completions.create(**kwargs).choices[0]
+    assert "".join(full.logprobs.tokens) == full.text and len(full.text) == 12, full.text
+    stop = full.text[2:4]
+    cut = client.completions.create(**kwargs, stop=[stop]).choices[0]
+    kept = full.text.index(stop)
+    assert (cut.text, cut.finish_reason) == (full.text[:kept], "stop")
+    assert cut.logprobs.tokens == full.logprobs.tokens[:kept]
+    assert cut.logprobs.token_logprobs == full.logprobs.token_logprobs[:kept]
+
+
+def test_user_is_written_to_the_access_log(live_server, access_log) -> None:
+    resp = httpx.post(
+        live_server.url + "/v1/completions",
+        json={"model": "base", "prompt": "x", "max_tokens": 1, "user": "user-42"},
+        headers={**live_server.headers("alpha"), "X-Request-ID": "t4-user-field"},
+        timeout=60,
+    )
+    assert resp.status_code == 200
+    assert [line.get("user") for line in access_log("t4-user-field")] == ["user-42"]
