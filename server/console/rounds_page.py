@@ -14,7 +14,10 @@ from typing import Any
 from litestar import Request, Response, get
 
 from hub.errors import HubError
+from hub.types import AdapterRef
 from server.console.app import console, page
+
+MAX_SHOWN = 200  # newest adapter versions whose manifests are read for round results
 
 
 def round_dirs(rounds_dir: Path | None) -> list[Path]:
@@ -76,11 +79,37 @@ def read_round(directory: Path, home: Path | None) -> dict[str, Any]:
     }
 
 
+def published(st: Any, limit: int = MAX_SHOWN) -> dict[str, list[dict[str, Any]]]:
+    """Merged adapters the team can read, by round id (from their signed ``fed`` metadata)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in st.act(st.store.list)[-limit:]:
+        try:
+            manifest = st.act(st.store.show, AdapterRef(r.name, r.version)).get("manifest") or {}
+        except HubError:
+            continue
+        fed = (manifest.get("metadata") or {}).get("fed")
+        if isinstance(fed, dict) and isinstance(fed.get("round"), str):
+            shares = fed.get("shares") if isinstance(fed.get("shares"), dict) else {}
+            out.setdefault(fed["round"], []).append(
+                {
+                    "ref": f"{r.name}@{r.version}",
+                    "name": r.name,
+                    "version": r.version,
+                    "combine": fed.get("combine"),
+                    "shares": {str(k): v for k, v in shares.items()},
+                }
+            )
+    return out
+
+
 @get("/rounds", sync_to_thread=True)
 def rounds(request: Request) -> Response:
-    """Every round in the rounds directory."""
+    """Every round in the rounds directory, with the merged adapters published from it."""
     st = console(request)
     rows = [read_round(d, st.home) for d in round_dirs(st.rounds_dir)]
+    results = published(st) if rows else {}
+    for row in rows:
+        row["published"] = results.get(row.get("id") or "", [])
     return page(request, "rounds.html", rounds=rows, rounds_dir=str(st.rounds_dir or ""))
 
 

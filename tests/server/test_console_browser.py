@@ -363,12 +363,21 @@ def test_runs_page_plots_loss_and_compares_two_runs(browser, site, shots) -> Non
 
 
 def test_rounds_page_shows_the_signed_round_and_who_contributed(browser, site, shots) -> None:
+    from hub.store import open_store
+    from hub.testing.storage import sample_adapter
+
+    fed = {"round": "r1", "combine": "mean", "shares": {"alpha": 0.25, "beta": 0.75}}
+    store = open_store(site["hub"], site["settings"], team="alpha")
+    store.push(sample_adapter("merged-r1"), metadata={"fed": fed}, share_with=["beta"])
     page = login(browser, site, "alpha")
     page.goto(site["consoles"]["alpha"]["url"] + "/rounds")
     assert page.text_content(".round .state").startswith(
         "collecting: 0 of 2 contributions. signed by the key holder, verified"
     )
     assert "alpha, beta" in page.text_content(".round table")
+    assert (
+        page.text_content(".round .published") == "merged-r1@1 (mean; shares alpha 25%, beta 75%)"
+    )
     shot(page, shots, "rounds")
 
 
