@@ -195,6 +195,8 @@ def decode(body: bytes, kind: type[SamplingFields], *, strict: bool = True) -> A
     except msgspec.ValidationError as exc:
         text, _, where = str(exc).partition(" - at `")
         param = _param_of(where.rstrip("`")) if where else None
+        if param == "logit_bias":
+            text = f"maps token ids (integers, as strings) to biases from -100 to 100; {text}"
         raise BadRequest(f"{param}: {text}" if param else text, param) from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
@@ -215,7 +217,7 @@ def decode(body: bytes, kind: type[SamplingFields], *, strict: bool = True) -> A
 def _param_of(path: str) -> str:
     """``$.messages[0].role`` -> ``messages[0].role``; ``key in `$.logit_bias`` -> ``logit_bias``."""
     path = path.split("`$")[-1] if "`$" in path else path
-    return path.removeprefix("$").removeprefix(".") or "body"
+    return path.removeprefix("$").removeprefix(".").replace("[...]", "") or "body"
 
 
 def unknown_fields(body: bytes, kind: type[SamplingFields]) -> list[str]:

@@ -126,3 +126,14 @@ def test_unknown_field_in_a_message_is_400_naming_its_path(client) -> None:
     messages = [{"role": "user", "content": "x", "mood": "happy"}]
     body = refused(client.chat.completions.create, **{**CHAT, "messages": messages})
     assert body["param"] == "messages[0].mood"
+
+
+def test_unknown_fields_ignore_setting_accepts_unknown_names(live_server, client) -> None:
+    live_server.state.unknown_fields = "ignore"
+    try:
+        out = client.completions.create(
+            **COMPLETION, temperature=0, extra_body={"temprature": 0.5, "nonsense": [1]}
+        )
+    finally:
+        live_server.state.unknown_fields = "reject"
+    assert out.usage.completion_tokens >= 1
