@@ -58,12 +58,36 @@ def write_run(path: Path, lr: float, losses: list[float]) -> None:
     (path / "manifest.json").write_text(json.dumps(manifest))
 
 
+def write_rounds(hub: Any, home: Path, settings: Any, rounds: Path, keys: Path) -> None:
+    """Round r1 run to the end by alpha and beta (plain aggregator), merged adapter published;
+    round r2 with alpha's contribution only."""
+    from hub.fed.signing import team_signer, trust_store_verifier
+    from hub.store import open_store
+    from hub.testing.aggregator import contract_adapter
+
+    agg, verify = hub.aggregators["plain"], trust_store_verifier(home)
+    sign = {t: team_signer(home, t) for t in ("alpha", "beta")}
+    for rid, teams_in in (("r1", ("alpha", "beta")), ("r2", ("alpha",))):
+        agg.init_round(
+            rounds / rid, round_id=rid, teams=["alpha", "beta"], mode="ffa",
+            key_dir=keys / rid, key_holder="alpha", sign=sign["alpha"],
+        )  # fmt: skip
+        for i, team in enumerate(teams_in):
+            agg.contribute(
+                rounds / rid, team=team, adapter=contract_adapter(i + 1), weight=1.0 + 2 * i,
+                sign=sign[team], verify=verify,
+            )  # fmt: skip
+    agg.aggregate(rounds / "r1", verify=verify)
+    merged = agg.finalize(rounds / "r1", key_dir=keys / "r1", name="merged-r1", verify=verify)
+    store = open_store(hub, settings, team="alpha")
+    store.push(merged, metadata={"fed": merged.manifest["fed"]}, share_with=["beta"])
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory, embedded_base: Path):
     """Consoles for alpha and beta over one vault, runs, a round, and adapter directories."""
     from hub import teams
     from hub.config import load_settings
-    from hub.fed.signing import team_signer
     from hub.plugins import Hub
     from hub.store import open_store
     from server.console.app import create_console_app
@@ -84,15 +108,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, embedded_base: Path):
     write_run(runs / "lr-2e-3", 2e-3, [4.0, 3.1, 2.2, 1.5, 1.1, 0.8, 0.6, 0.5])
     write_run(runs / "lr-8e-3", 8e-3, [4.0, 2.5, 1.2, 0.7, 0.4, 0.3, 0.25, 0.2])
     rounds = root / "rounds"
-    hub.aggregators["plain"].init_round(
-        rounds / "r1",
-        round_id="r1",
-        teams=["alpha", "beta"],
-        mode="ffa",
-        key_dir=root / "fed-keys",
-        key_holder="alpha",
-        sign=team_signer(home, "alpha"),
-    )
+    write_rounds(hub, home, settings, rounds, root / "fed-keys")
     good = random_lora_payload(embedded_base, "greeter", seed=11, r=8)
     dirs = {"good": write_dir(root / "good", good.files)}
     dirs["pickle"] = write_dir(root / "pickled", {**good.files, "adapter_model.bin": b"\x80\x04."})
@@ -362,22 +378,19 @@ def test_runs_page_plots_loss_and_compares_two_runs(browser, site, shots) -> Non
     shot(page, shots, "compare")
 
 
-def test_rounds_page_shows_the_signed_round_and_who_contributed(browser, site, shots) -> None:
-    from hub.store import open_store
-    from hub.testing.storage import sample_adapter
-
-    fed = {"round": "r1", "combine": "mean", "shares": {"alpha": 0.25, "beta": 0.75}}
-    store = open_store(site["hub"], site["settings"], team="alpha")
-    store.push(sample_adapter("merged-r1"), metadata={"fed": fed}, share_with=["beta"])
+def test_rounds_page_shows_each_round_its_contributors_and_result(browser, site, shots) -> None:
     page = login(browser, site, "alpha")
     page.goto(site["consoles"]["alpha"]["url"] + "/rounds")
-    assert page.text_content(".round .state").startswith(
-        "collecting: 0 of 2 contributions. signed by the key holder, verified"
+    r1, r2 = page.locator(".round").all()
+    assert r1.locator(".state").text_content() == (
+        "aggregated: the key holder can finalize. signed by the key holder, verified "
+        "(key holder alpha)."
     )
-    assert "alpha, beta" in page.text_content(".round table")
-    assert (
-        page.text_content(".round .published") == "merged-r1@1 (mean; shares alpha 25%, beta 75%)"
+    assert r1.locator(".published").text_content() == (
+        "merged-r1@1 (mean; shares alpha 25%, beta 75%)"
     )
+    assert r2.locator(".state").text_content().startswith("collecting: 1 of 2 contributions.")
+    assert r2.locator(".missing").text_content() == "beta"
     shot(page, shots, "rounds")
 
 
