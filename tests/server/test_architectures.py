@@ -373,7 +373,10 @@ def _served(hub, home: Path, checkpoint: Path, payloads: list[AdapterPayload]):
     store = open_store(hub, settings)
     for payload in payloads:
         store.push(payload, team="alpha", share_with=["server"])
-    keys = {"alpha": KeyStore(home).create("alpha")[1]}
+    keys = {
+        "alpha": KeyStore(home).create("alpha")[1],
+        "admin": KeyStore(home).create("ops", admin=True)[1],
+    }
     state = build_state(hub, settings, load_served_base(hub, checkpoint), store, identity="server")
     server, thread, url = start_uvicorn(create_app(state, hub))
     live = LiveServer(url, keys, state, store, home, hub, server, thread)
@@ -414,6 +417,39 @@ def _one_batch(live, client, jobs: list[tuple[str, str]]) -> list[str]:
         texts = future.result(timeout=120)
     assert live.metric(steps) - live.metric(small) > before  # a pass ran 3+ rows
     return texts
+
+
+def test_a_refused_adapter_is_logged_with_its_reason_and_shown_to_admins(
+    hub, tiny, tmp_path, caplog
+) -> None:
+    """Clients get the usual 404; the log and the admin's load name the adapter and the reason."""
+    import logging
+
+    import httpx
+
+    base = tiny("llama")
+    dora = lora_payload(hub.quantizers["nf4"].load(base), "dora", seed=8, use_dora=True)
+    live, client = _served(hub, tmp_path / "home", base, [dora])
+    # Litestar's logging config replaced the root handlers, caplog's among them
+    cache_log = logging.getLogger("qlora_hub.server.cache")
+    cache_log.addHandler(caplog.handler)
+    try:
+        answer = live.complete("dora", "hello:", max_tokens=2)
+        admin = httpx.post(live.url + "/v1/adapters/dora/load", headers=live.headers("admin"))
+    finally:
+        cache_log.removeHandler(caplog.handler)
+        live.uvicorn.should_exit = True
+        live.thread.join(timeout=30)
+    why = (
+        "adapter dora@1: use_dora is not servable: DoRA rescales every output column by a norm "
+        "of W + BA, which the gathered path does not compute; merge it (qlora-hub merge) or "
+        "serve it with PEFT"
+    )
+    assert answer.status_code == 404
+    assert why not in answer.text
+    assert f"adapter dora@1 refused: {why}" in [r.getMessage() for r in caplog.records]
+    assert admin.status_code == 422
+    assert admin.json()["error"]["message"] == f"adapter dora@1 refused: {why}"
 
 
 @pytest.mark.slow
