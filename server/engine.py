@@ -338,16 +338,17 @@ class Engine:
         logits or probabilities, see :mod:`server.sampling`); their token is meaningless and
         they leave the batch.
         """
-        out = torch.zeros(len(reqs), dtype=torch.long)
+        tokens = [0] * len(reqs)
         failed: dict[int, str] = {}
         for i, (req, got) in enumerate(zip(reqs, sample(logits, reqs), strict=True)):
             if isinstance(got, RowError):
                 failed[i] = got.message
                 continue
-            out[i] = got.token
+            tokens[i] = got.token
             if req.logprobs is not None:
                 req.token_logprobs.append(got)
-        return out, failed
+        # the next step feeds these back as input ids: keep them on the model's device
+        return torch.tensor(tokens, dtype=torch.long, device=logits.device), failed
 
     def _after_tokens(
         self, reqs: list[GenRequest], tokens: torch.Tensor, failed: dict[int, str] | None = None
