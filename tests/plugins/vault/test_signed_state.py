@@ -7,6 +7,7 @@ teams share one storage location.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import sqlite3
@@ -247,3 +248,17 @@ def test_reindex_command_rebuilds_a_deleted_index_without_keys(qlora_home, qlora
     with sqlite3.connect(vault.root / "index.sqlite") as db:
         rows = db.execute("SELECT name, version, publisher FROM versions ORDER BY version")
         assert rows.fetchall() == [("upper", 1, "alpha"), ("upper", 2, "alpha")]
+
+
+@pytest.mark.parametrize("half", ["ed25519", "mldsa65"])
+def test_bit_flip_in_either_half_of_a_record_signature_is_refused(world, half):
+    _, _, v = world
+    ref = v["alpha"].push(sample_adapter("upper", 1))
+    key = "names/upper/00000000"  # the claim: a flip here cannot be caught by a pin
+    body = json.loads(v["alpha"].blobs.get(key))
+    sig = bytearray(base64.b64decode(body["signature"]))
+    sig[10 if half == "ed25519" else 64 + 100] ^= 0x01
+    body["signature"] = base64.b64encode(bytes(sig)).decode()
+    v["beta"].blobs.put(key, json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+    with pytest.raises(IntegrityError, match="signature by team 'alpha' does not verify"):
+        v["alpha"].pull(ref)
