@@ -165,6 +165,9 @@ def create_app(state: ServerState, hub: Any = None, *, max_body_bytes: int = 1 <
         on_startup=[lambda: state.engine.start()],
         on_shutdown=[lambda: state.engine.stop()],
         debug=False,
+        # Litestar's default config puts an INFO handler on the root logger, which prints
+        # every library's INFO lines (httpx's per-request ones too); the server logs its own
+        logging_config=None,
     )
     app.state.server = state
     # outside Litestar's router, so requests for unknown paths are logged and counted too

@@ -230,3 +230,12 @@ def test_playground_generates_through_a_configured_server(small_home, embedded_b
         server.should_exit = True
         thread.join(timeout=30)
         live.stop()
+
+
+def test_user_input_is_escaped_in_the_error_it_echoes(console) -> None:
+    client = logged_in(console)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/push").text)[1]
+    evil = "<img src=x onerror=alert(1)>"
+    r = client.post("/push", data={"csrf_token": csrf, "directory": evil, "name": "x"})
+    assert r.status_code == 400
+    assert evil not in r.text and "&lt;img src=x onerror=alert(1)&gt;" in r.text

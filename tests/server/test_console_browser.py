@@ -445,3 +445,17 @@ def test_operator_page_shows_resident_adapters_queue_and_rates(
         assert anonymous.status == 401 and anonymous.headers["www-authenticate"].startswith("Basic")
     finally:
         live.stop()
+
+
+def test_every_control_has_a_label_and_tab_reaches_the_skip_link(browser, site) -> None:
+    page = login(browser, site, "alpha")
+    url = site["consoles"]["alpha"]["url"]
+    unlabelled = """els => els.filter(e => !e.labels || e.labels.length === 0)
+                          .map(e => e.name || e.id)"""
+    controls = "input:not([type=hidden]), select, textarea"
+    for path in ("/adapters", "/adapters/greeter", "/push", "/audit", "/runs", "/playground"):
+        page.goto(url + path)
+        assert page.eval_on_selector_all(controls, unlabelled) == [], path
+        assert page.locator("h1").count() == 1, path
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.textContent") == "Skip to content", path
