@@ -230,6 +230,7 @@ def test_the_quantizer_counts_nn_linear_subclasses(hub, tiny, tmp_path) -> None:
     kinds = {type(m).__name__ for n, m in model.named_modules() if ".h." in n and "dense" in n}
     assert kinds == {"Linear4bit"}
     assert len(model.qlora_hub_quant["quantized_modules"]) == 8
+    assert model.qlora_hub_quant["linear_classes"] == ["FalconLinear"]
     ids = torch.tensor([[40, 41, 42]])
     quantizer.save(model, tmp_path / "ckpt")
     with torch.no_grad():
@@ -239,9 +240,11 @@ def test_the_quantizer_counts_nn_linear_subclasses(hub, tiny, tmp_path) -> None:
         assert kinds == {"Linear4bit"}
         assert torch.equal(again(input_ids=ids).logits, expected)
     # the mapping that builds FalconLinear as nn.Linear is gone after loading
-    from transformers.models.falcon import modeling_falcon
+    from transformers.monkey_patching import get_patch_mapping
 
-    assert modeling_falcon.FalconLinear.__name__ == "FalconLinear"
+    assert "FalconLinear" not in get_patch_mapping()
+    plain = hub.quantizers["none"].load(tiny("falcon"))
+    assert type(plain.transformer.h[0].mlp.dense_h_to_4h).__name__ == "FalconLinear"
 
 
 def engine_for(hub, base: Path):
