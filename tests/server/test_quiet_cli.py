@@ -61,3 +61,16 @@ def test_verbose_shows_them() -> None:
     stderr = emit_noise(verbose=True)
     assert BNB_NOTICE in stderr
     assert "FutureWarning: `past_key_values` is deprecated" in stderr
+
+
+def test_the_app_adds_no_handler_to_the_root_logger() -> None:
+    """Litestar's default logging config printed every library's INFO lines (httpx's)."""
+    import logging
+    import types
+
+    from server.app import create_app
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    create_app(types.SimpleNamespace())
+    assert root.handlers == before
