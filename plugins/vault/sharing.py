@@ -68,10 +68,10 @@ def share(vault: Vault, ref: AdapterRef, team: str, with_team: str) -> AdapterRe
 def revoke(vault: Vault, ref: AdapterRef, team: str, from_team: str) -> AdapterRef:
     """Owner ``team`` cuts ``from_team`` off ``ref.name``.
 
-    Appends the signed revoke record, re-encrypts the latest version (or
-    ``ref.version``) under a new data key for the remaining readers as a new
-    version, and deletes ``from_team``'s wrapped keys on every version.
-    Returns the new version.
+    Appends the signed revoke record and deletes ``from_team``'s wrapped keys
+    on every version, then re-encrypts the latest version (or ``ref.version``)
+    under a new data key for the remaining readers as a new version, which
+    it returns.
     """
     if from_team == team:
         raise ValidationError("a team cannot revoke its own access: delete the adapter instead")
@@ -86,6 +86,7 @@ def revoke(vault: Vault, ref: AdapterRef, team: str, from_team: str) -> AdapterR
         state = vault.records.append(state, ident, "revoke", team=from_team)
         for g in state.versions.values():
             vault.index.set_grant(db, g.object_id, from_team, "revoked")
+            vault.blobs.delete(vault._key(g.object_id, f"keys/{from_team}"))
         vault.audit.append(db, "revoke", team, state.name, "", from_team=from_team)
     readers = state.readers(source)
     old = vault.pull(AdapterRef(state.name, source), team=team, where="revoke")
@@ -98,8 +99,6 @@ def revoke(vault: Vault, ref: AdapterRef, team: str, from_team: str) -> AdapterR
         readers,
         action="revoke-reencrypt",
     )
-    for g in state.versions.values():
-        vault.blobs.delete(vault._key(g.object_id, f"keys/{from_team}"))
     return new
 
 
