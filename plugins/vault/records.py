@@ -21,7 +21,7 @@ from hub.atomic import atomic_write
 from hub.errors import IntegrityError
 from hub.grants import MAX_RECORD_BYTES, NameState, claim_record, digest, replay, sign_record
 from hub.identity import Identity, PublicIdentity
-from hub.names import collision_key
+from hub.names import ADAPTER_NAME, collision_key
 from plugins.vault.blobs import BlobStore, get_bounded
 
 _SEQ = re.compile(r"[0-9]{8}", re.ASCII)
@@ -46,8 +46,9 @@ class NameRecords:
         return f"names/{collision_key(name)}/"
 
     def names(self) -> list[str]:
-        """Casefolded names that have records."""
-        return sorted({k.split("/")[1] for k in self.blobs.keys("names/")})
+        """Casefolded names that have records (folders that are no valid name are ignored)."""
+        found = {k.split("/")[1] for k in self.blobs.keys("names/")}
+        return sorted(n for n in found if ADAPTER_NAME.fullmatch(n) and n == collision_key(n))
 
     def _blobs(self, name: str) -> list[bytes]:
         prefix = self.prefix(name)

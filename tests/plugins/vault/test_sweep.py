@@ -144,6 +144,9 @@ def test_every_byte_flip_truncation_and_swap_is_refused_or_harmless(swept):
     check(upper[0], store[upper[1]])  # payload and manifest exchanged
     check(upper[2], store[upper[3]])  # alpha's wrapped key replaced by beta's
     check(upper[4], store[upper[5]])  # records out of order
+    store["names/Not A Name/00000000"] = store[upper[4]]  # a folder no name can have
+    store["names/upper2/00000000"] = store[upper[4]]  # upper's claim under another name
+    assert [r.name for r in vault.list(team="beta")] == ["lower", "upper"]
     assert _outcome(vault, original) == ["harmless", "harmless"]  # every change was undone
     assert flips == sum(len(store[k]) for k in upper) > 3000
     assert counts["refused"] + counts["harmless"] == reads[0] > changes  # 100%: nothing else
