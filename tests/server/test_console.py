@@ -239,3 +239,20 @@ def test_user_input_is_escaped_in_the_error_it_echoes(console) -> None:
     r = client.post("/push", data={"csrf_token": csrf, "directory": evil, "name": "x"})
     assert r.status_code == 400
     assert evil not in r.text and "&lt;img src=x onerror=alert(1)&gt;" in r.text
+
+
+def test_audit_filters_match_actor_action_name_and_time() -> None:
+    from server.console.audit_page import matches
+
+    entry = {
+        "actor": "alpha",
+        "action": "share",
+        "ref": "greeter@1",
+        "time": "2026-11-27T01:00:00+00:00",
+    }
+    assert matches(entry, {"actor": "alpha", "action": "share", "name": "greeter"})
+    assert not matches(entry, {"actor": "beta"})
+    assert not matches(entry, {"name": "greet"})  # a name matches whole, not as a prefix
+    assert matches(entry, {"since": "2026-11-27", "until": "2026-11-27T01:00"})
+    assert not matches(entry, {"since": "2026-11-27T01:00:01"})
+    assert not matches(entry, {"until": "2026-11-26"})
