@@ -156,7 +156,7 @@ def test_n_choices_stream_with_their_index(client) -> None:
 
 def test_completion_logprobs_equal_the_models_log_softmax(live_server, client) -> None:
     tokens, logprobs = reference_greedy(live_server, "seven:", 5, without_end(live_server))
-    out = client.completions.create(
+    kwargs = dict(
         model="base",
         prompt="seven:",
         max_tokens=5,
@@ -164,6 +164,7 @@ def test_completion_logprobs_equal_the_models_log_softmax(live_server, client) -
         logprobs=2,
         logit_bias=no_end(live_server),
     )
+    out = client.completions.create(**kwargs)
     lp = out.choices[0].logprobs
     tok = live_server.state.tokenizer
     assert lp.tokens == [tok.decode([t]) for t in tokens]
@@ -171,6 +172,11 @@ def test_completion_logprobs_equal_the_models_log_softmax(live_server, client) -
     assert lp.token_logprobs == pytest.approx(logprobs, abs=1e-2)
     assert all(len(top) <= 2 for top in lp.top_logprobs)  # two ids may decode alike
     assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(5)]
+    streamed = [c.choices[0].logprobs for c in client.completions.create(**kwargs, stream=True)]
+    streamed = [s for s in streamed if s is not None]
+    assert [t for s in streamed for t in s.tokens] == lp.tokens
+    assert [o for s in streamed for o in s.text_offset] == lp.text_offset
+    assert [x for s in streamed for x in s.token_logprobs] == lp.token_logprobs
 
 
 def test_chat_logprobs_with_top_logprobs_in_openai_shape_streamed_too(live_server, client) -> None:
