@@ -258,7 +258,11 @@ class Vault:
     ) -> AdapterPayload:
         """Verify the owner's records, signature, trust and every hash; decrypt in memory."""
         team = self._acting(team)
-        state, version, manifest, key = self._opened(ref, team)
+        try:
+            state, version, manifest, key = self._opened(ref, team)
+        except IntegrityError as exc:  # altered records, manifest or key: leave a trace
+            self.audit.record("pull-refused", team, str(ref), "", error=str(exc), where=where)
+            raise
         resolved = AdapterRef(state.name, version)
         # The entry records the data key's release to `team`; it is made durable while
         # the payload decrypts, and no byte is returned before it is committed.

@@ -110,6 +110,8 @@ def test_a_record_forged_by_another_team_is_refused_not_served(world):
     for reader in (v["alpha"], server):
         with pytest.raises(IntegrityError, match="signature by team 'alpha' does not verify"):
             reader.pull(AdapterRef("upper"), where="server")
+    last = server.audit.entries()[-1]
+    assert (last["action"], last["ref"], last["where"]) == ("pull-refused", "upper", "server")
 
 
 def test_a_replaced_name_is_refused_by_every_home_that_saw_it(world):
