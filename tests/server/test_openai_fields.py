@@ -144,7 +144,7 @@ def test_n_with_a_seed_gives_n_distinct_reproducible_choices_and_summed_usage(
     assert single.choices[0].text == texts[0]
 
 
-def test_n_choices_stream_with_their_index(client) -> None:
+def test_n_choices_stream_with_their_index_and_give_the_pin_back(live_server, client) -> None:
     kwargs = dict(model="r1", prompt="ab:", max_tokens=5, temperature=0, n=2)
     whole = client.completions.create(**kwargs)
     chunks = list(client.completions.create(**kwargs, stream=True))
@@ -152,6 +152,8 @@ def test_n_choices_stream_with_their_index(client) -> None:
         text = "".join(c.choices[0].text for c in chunks if c.choices and c.choices[0].index == i)
         assert text == whole.choices[i].text
     assert whole.choices[0].text == whole.choices[1].text  # greedy: the same answer twice
+    live_server.wait_idle()
+    assert [e["in_use"] for e in live_server.state.cache.info() if e["name"] == "r1"] == [0]
 
 
 def test_completion_logprobs_equal_the_models_log_softmax(live_server, client) -> None:
