@@ -169,3 +169,18 @@ def test_export_writes_a_directory_plain_peft_loads(two_teams, capsys, tmp_path,
     got = {k: v for k, v in loaded.state_dict().items() if "lora_" in k}
     assert got.keys() == expected.keys()
     assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_import_records_the_base_fingerprint_in_the_signed_manifest(two_teams, capsys, adapter_dir):
+    fp = "cd" * 32
+    code, _, err = call(capsys, "adapters", "import", str(adapter_dir), "--name", "upper",
+                        "--team", "alpha", "--base", fp)  # fmt: skip
+    assert code == 0, err
+    code, out, _ = call(capsys, "adapters", "show", "upper", "--team", "alpha")
+    assert json.loads(out)["manifest"]["base_fingerprint"] == fp
+
+
+def test_pull_json_says_the_vault_verified_a_signature(two_teams, capsys, adapter_dir):
+    call(capsys, "adapters", "push", str(adapter_dir), "--name", "upper", "--team", "alpha")
+    code, out, _ = call(capsys, "adapters", "pull", "upper", "--team", "alpha")
+    assert code == 0 and out.splitlines()[0].endswith("bytes, verified")
