@@ -18,7 +18,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from hub.errors import HubError
-from server.console.security import COOKIE, SESSION_SECONDS, SecurityHeaders, Session, same
+from server.console.security import SESSION_SECONDS, SecurityHeaders, Session, same
 from server.console.state import ConsoleState
 
 log = logging.getLogger("qlora_hub.console")
@@ -86,7 +86,7 @@ async def check_request(request: Request) -> Response | None:
     path = request.url.path
     if path == "/login" or path.startswith("/static/"):
         return None
-    session = st.sessions.get(request.cookies.get(COOKIE))
+    session = st.sessions.get(request.cookies.get(st.sessions.cookie))
     if session is None:
         return page(request, "login.html", 401, message="Log in with the token printed at start.")
     request.scope["state"]["console_session"] = session
@@ -111,7 +111,7 @@ def _logged_in(request: Request, token: str | None) -> Any:
         return page(request, "login.html", 401, message=message)
     response = Redirect(path="/adapters", status_code=303)
     response.set_cookie(
-        COOKIE, sid, httponly=True, samesite="strict", path="/", max_age=SESSION_SECONDS
+        st.sessions.cookie, sid, httponly=True, samesite="strict", path="/", max_age=SESSION_SECONDS
     )
     return response
 
@@ -132,9 +132,10 @@ async def login_form(request: Request) -> Response:
 @post("/logout")
 async def logout(request: Request) -> Response:
     """End this session (CSRF-checked like every form)."""
-    console(request).sessions.logout(request.cookies.get(COOKIE))
+    sessions = console(request).sessions
+    sessions.logout(request.cookies.get(sessions.cookie))
     response = page(request, "login.html", 200, message="Logged out.")
-    response.delete_cookie(COOKIE, path="/")
+    response.delete_cookie(sessions.cookie, path="/")
     return response
 
 

@@ -72,12 +72,14 @@ def generate_local(st: ConsoleState, ref: AdapterRef | None, s: dict[str, Any]) 
 
     import torch
 
-    with st.lock:
+    if st.base is None:
+        raise ConfigError("no local base: start the console with --base DIR (or use a server URL)")
+    payload = st.act(st.store.pull, ref, where="console") if ref is not None else None
+    with st.model_lock:
         m = _local_model(st)
         model, tok = m["model"], m["tokenizer"]
         key = None
-        if ref is not None:
-            payload = st.store.pull(ref, where="console")
+        if payload is not None:
             key = m["names"].get(str(payload.ref))
             if key is None:
                 key = f"console{len(m['names'])}"

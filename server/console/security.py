@@ -55,6 +55,8 @@ class Sessions:
 
     def __init__(self, token: str | None = None) -> None:
         self.token = token or secrets.token_urlsafe(32)
+        # cookies are shared by every port of a host: a name per launch keeps two consoles apart
+        self.cookie = f"{COOKIE}_{secrets.token_hex(4)}"
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
 

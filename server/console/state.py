@@ -44,6 +44,7 @@ class ConsoleState:
     verified: dict[str, str] = field(default_factory=dict)  # "name@v" -> last verify result
     lock: threading.Lock = field(default_factory=threading.Lock)  # one store action at a time
     models: dict[str, Any] = field(default_factory=dict)  # playground: the loaded base
+    model_lock: threading.Lock = field(default_factory=threading.Lock)  # one generation at a time
 
     def act(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Call ``fn`` (a method of :attr:`store`) holding the store lock."""
