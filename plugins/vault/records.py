@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 
-from hub.atomic import atomic_write
 from hub.errors import IntegrityError
 from hub.grants import MAX_RECORD_BYTES, NameState, claim_record, digest, replay, sign_record
 from hub.identity import Identity, PublicIdentity
@@ -123,6 +123,11 @@ class NameRecords:
         path = self._pin_path(name)
         if path is None:
             return
-        # A read-only home still verifies every signature; it only forgets the pin.
+        # Renamed into place but not fsynced: a pin lost to a power cut only weakens the
+        # rollback check, and pushes and first reads skip two fsyncs. A read-only home
+        # still verifies every signature; it only forgets the pin.
         with contextlib.suppress(OSError):
-            atomic_write(path, f"{state.seq} {state.head}\n".encode(), mode=0o600)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+            tmp.write_text(f"{state.seq} {state.head}\n")
+            os.replace(tmp, path)
