@@ -10,6 +10,9 @@ import pytest
 
 from hub.testing import AdapterMethodContract, AggregatorContract, QuantizerContract
 
+# the contract suites' fixtures use only current pytest APIs
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestDeprecationWarning")
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "docs" / "examples"
 sys.path.insert(0, str(EXAMPLES / "qlora-hub-minimal"))

@@ -13,6 +13,9 @@ import pytest
 from hub.testing import StorageBackendContract
 from hub.testing.storage import sample_adapter
 
+# the contract suites' fixtures use only current pytest APIs
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestDeprecationWarning")
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "qlora-hub-dirstore"
 sys.path.insert(0, str(EXAMPLE))
 import qlora_hub_dirstore  # noqa: E402
