@@ -53,7 +53,7 @@ def _chain(audit: Any) -> tuple[bool, str]:
         n = audit.verify()
     except HubError as exc:
         return False, f"chain BROKEN: {exc}"
-    return True, f"chain intact: {n} entries verified"
+    return True, f"chain intact: {n} {'entry' if n == 1 else 'entries'} verified"
 
 
 @get("/audit", sync_to_thread=True)

@@ -256,3 +256,38 @@ def test_audit_filters_match_actor_action_name_and_time() -> None:
     assert matches(entry, {"since": "2026-11-27", "until": "2026-11-27T01:00"})
     assert not matches(entry, {"since": "2026-11-27T01:00:01"})
     assert not matches(entry, {"until": "2026-11-26"})
+
+
+def test_audit_page_says_when_the_chain_is_broken(tmp_path: Path) -> None:
+    from hub import teams
+    from hub.config import load_settings
+    from hub.plugins import Hub
+    from hub.store import open_store
+    from hub.testing.storage import sample_adapter
+    from server.console.app import create_console_app
+    from server.console.state import ConsoleState
+    from tests.server.conftest import start_uvicorn
+
+    teams.create_team(tmp_path, "alpha", passphrase=None)
+    (tmp_path / "qlora-hub.toml").write_text('[hub]\nstorage = "vault"\n')
+    hub = Hub()
+    store = open_store(hub, load_settings(tmp_path), team="alpha")
+    store.push(sample_adapter("one"))
+    st = ConsoleState(hub=hub, store=store, team="alpha", home=tmp_path)
+    server, thread, url = start_uvicorn(create_console_app(st))
+    try:
+        client = logged_in((st, url))
+        chain = re.compile(r'<p id="chain" class="(\w+)">([^<]*)</p>')
+        assert chain.search(client.get("/audit").text).groups() == (
+            "ok",
+            "chain intact: 1 entry verified",
+        )
+        log = tmp_path / "storage" / "vault" / "audit.log"
+        log.write_bytes(log.read_bytes().replace(b'"actor": "alpha"', b'"actor": "mallo"'))
+        assert chain.search(client.get("/audit").text).groups() == (
+            "bad",
+            "chain BROKEN: audit log entry 1 was edited: its hash does not match",
+        )
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
