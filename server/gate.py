@@ -54,6 +54,8 @@ async def _answer(send: Any, exc: APIError) -> None:
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
+        # the request's body is never read: close rather than receive it for nothing
+        (b"connection", b"close"),
     ]
     headers += [(k.lower().encode(), str(v).encode()) for k, v in (exc.headers or {}).items()]
     await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
