@@ -88,6 +88,7 @@ async def get_model(request: Request, model_id: str) -> dict[str, Any]:
     if model_id == BASE_MODEL:
         return base
     name, _, version = model_id.partition("@")
+    version = "" if version == "latest" else version
     visible = await anyio.to_thread.run_sync(srv.cache.visible, caller.team)
     versions = visible.get(name)
     if not versions or (version and not (version.isdigit() and int(version) in versions)):

@@ -107,6 +107,7 @@ def test_models_retrieve_answers_a_visible_adapter_and_the_base(client) -> None:
     upper = client.models.retrieve("upper")
     assert (upper.id, upper.owned_by) == ("upper", "alpha")
     assert client.models.retrieve("upper@1").id == "upper@1"
+    assert client.models.retrieve("upper@latest").id == "upper@latest"
     assert client.models.retrieve("base").owned_by == "qlora-hub"
 
 
