@@ -198,3 +198,16 @@ def test_oversized_small_blob_is_refused_before_it_is_read(vault, which):
         tracemalloc.stop()
     assert "\n" not in str(info.value)
     assert peak < 8 << 20
+
+
+def test_adapters_import_of_a_directory_linking_to_a_key_file_stores_nothing(
+    qlora_home, qlora_cli, adapter_dir
+):
+    assert qlora_cli("team", "create", "alpha", "--no-passphrase").exit_code == 0
+    key_file = qlora_home / "teams" / "alpha" / "key.json"
+    (adapter_dir / "training_metadata.json").symlink_to(key_file)
+    result = qlora_cli("adapters", "import", str(adapter_dir), "--name", "upper", "--team", "alpha")
+    assert result.exit_code != 0
+    assert "symlink" in result.err and result.err.strip().count("\n") == 0
+    stored = qlora_home / "storage" / "vault" / "blobs"
+    assert not stored.exists() or not any(p.is_file() for p in stored.rglob("*"))
