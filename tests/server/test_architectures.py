@@ -83,6 +83,11 @@ def lora_payload(model: Any, name: str, *, seed: int, r: int = 4, **config: Any)
 
     ``model`` is consumed (PEFT injects its layers into it).
     """
+    return lora_pair(model, name, seed=seed, r=r, **config)[0]
+
+
+def lora_pair(model: Any, name: str, *, seed: int, r: int = 4, **config: Any) -> tuple[Any, Any]:
+    """:func:`lora_payload` and the ``PeftModel`` (in eval mode) it was saved from."""
     import torch
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
     from safetensors.torch import save
@@ -101,23 +106,25 @@ def lora_payload(model: Any, name: str, *, seed: int, r: int = 4, **config: Any)
         AdapterPayload.CONFIG: json.dumps(raw, default=str).encode(),
         AdapterPayload.WEIGHTS: save(state),
     }
-    return AdapterPayload(name=name, files=files)
+    return AdapterPayload(name=name, files=files), peft_model.eval()
 
 
-def gathered_vs_peft(hub, base: Path, payload: AdapterPayload, quantizer: str = "nf4"):
+def gathered_vs_peft(hub, base: Path, *, seed: int, quantizer: str = "nf4", **config: Any):
     """Logits of one adapter row and one base row in one gathered forward pass, and PEFT's.
 
-    Returns ``(adapter_row, peft_row, base_row, plain_base_row)``.
+    The adapter is a random :func:`lora_pair` (``config``: LoraConfig fields);
+    PEFT's logits come from the ``PeftModel`` it was saved from. Returns
+    ``(adapter_row, peft_row, base_row, plain_base_row, payload)``.
     """
     import torch
 
     from server.lora import LoRABank, parse_adapter
 
     load = hub.quantizers[quantizer].load
+    payload, reference = lora_pair(load(base), "p", seed=seed, **config)
     served = load(base)
     bank = LoRABank(served, torch.float32)
     parsed = parse_adapter(payload, bank.shapes)
-    reference = hub.adapters["lora"].load(load(base), payload, "ref")
     ids = torch.tensor([[40, 41, 42, 43, 44], [50, 51, 52, 53, 54]])
     with torch.no_grad(), bank.lock:
         slot = bank.add(parsed["tensors"], parsed["rank"], parsed["scale"])
@@ -126,7 +133,7 @@ def gathered_vs_peft(hub, base: Path, payload: AdapterPayload, quantizer: str = 
         expected = reference(input_ids=ids[:1]).logits.float()
         with reference.disable_adapter():
             plain = reference(input_ids=ids[1:]).logits.float()
-    return mixed[:1], expected, mixed[1:], plain
+    return mixed[:1], expected, mixed[1:], plain, payload
 
 
 @pytest.mark.parametrize("kind", list(ARCHITECTURES))
@@ -137,8 +144,7 @@ def test_gathered_lora_equals_peft_on_every_architecture(hub, tiny, kind: str) -
     feed-forward inputs carry the right row's adapter.
     """
     base = tiny(kind)
-    payload = lora_payload(hub.quantizers["nf4"].load(base), kind, seed=1)
-    got, expected, base_row, plain = gathered_vs_peft(hub, base, payload)
+    got, expected, base_row, plain, _ = gathered_vs_peft(hub, base, seed=1)
     assert torch_max(plain - expected) > 0.05  # the adapter matters
     assert torch_max(got - expected) < 0.03  # bf16 rounding of the base layers' outputs
     assert torch_max(base_row - plain) == 0.0
@@ -162,8 +168,7 @@ def test_rank_and_alpha_patterns_scale_each_module(hub, tiny, patterns) -> None:
     from server.lora import parse_adapter
 
     base = tiny("llama")
-    payload = lora_payload(hub.quantizers["nf4"].load(base), "p", seed=2, **patterns)
-    got, expected, _, plain = gathered_vs_peft(hub, base, payload)
+    got, expected, _, plain, payload = gathered_vs_peft(hub, base, seed=2, **patterns)
     assert torch_max(got - expected) < 0.03
     parsed = parse_adapter(payload, _shapes(hub, base))
     scales = parsed["scale"]
@@ -187,8 +192,7 @@ def test_conv1d_layers_of_an_unquantized_gpt2_are_served(hub, tiny) -> None:
     base = tiny("gpt2")
     model = hub.quantizers["none"].load(base)
     assert type(model.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
-    payload = lora_payload(hub.quantizers["none"].load(base), "c", seed=3)
-    got, expected, base_row, plain = gathered_vs_peft(hub, base, payload, quantizer="none")
+    got, expected, base_row, plain, _ = gathered_vs_peft(hub, base, seed=3, quantizer="none")
     assert torch_max(plain - expected) > 0.05
     assert torch_max(got - expected) < 0.03
     assert torch.equal(base_row, plain)
