@@ -188,20 +188,11 @@ class Hub:
         filled on first use by calling each plugin's registration hook."""
         if kind not in self._registries:
             reg = Registry(kind, PROTOCOLS[kind], classes=kind == "storage")
-            hook = REGISTRATION_HOOKS[kind]
-            for impl in getattr(self.pm.hook, hook).get_hookimpls():
-                try:
-                    impl.function(
-                        register=lambda obj, _p=impl.plugin_name: reg.register(obj, plugin=_p)
-                    )
-                except PluginError:
-                    raise
-                except Exception as exc:  # one line naming the plugin, not a traceback
-                    raise PluginError(
-                        f"plugin {impl.plugin_name!r} failed in {hook}: "
-                        f"{type(exc).__name__}: {exc}; switch it off with "
-                        f"--disable-plugin {impl.plugin_name}"
-                    ) from exc
+            self._call_each(
+                REGISTRATION_HOOKS[kind],
+                lambda plugin: lambda obj: reg.register(obj, plugin=plugin),
+                order=list,  # registration order, so duplicates name the first owner first
+            )
             self._registries[kind] = reg
         return self._registries[kind]
 
@@ -229,8 +220,27 @@ class Hub:
         """Route handlers plugins add to the server, in registration order."""
         if self._routes is None:
             self._routes = []
-            self.pm.hook.register_routes(register=self._routes.append)
+            self._call_each("register_routes", lambda plugin: self._routes.append)
         return list(self._routes)
+
+    def _call_each(
+        self, hook: str, register_for: Callable[[str], Any], order: Any = reversed
+    ) -> None:
+        """Call every plugin's registration ``hook`` with ``register_for(plugin_name)``.
+
+        Any exception but a :class:`PluginError` becomes one line naming the plugin.
+        ``order=reversed`` is pluggy's own call order (newest plugin first).
+        """
+        for impl in order(getattr(self.pm.hook, hook).get_hookimpls()):
+            try:
+                impl.function(register=register_for(impl.plugin_name))
+            except PluginError:
+                raise
+            except Exception as exc:  # one line naming the plugin, not a traceback
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} failed in {hook}: {type(exc).__name__}: "
+                    f"{exc}; switch it off with --disable-plugin {impl.plugin_name}"
+                ) from exc
 
     def summary(self) -> list[dict[str, Any]]:
         """One dict per plugin: name, distribution, version, hooks, and what it registered."""

@@ -132,3 +132,17 @@ def test_broken_policy_in_the_cli_is_one_error_line(qlora_cli, tmp_path, monkeyp
         "error: plugin 'policy' returned str 'nope' from validate_adapter: "
         "return None or a list of strings\n"
     )
+
+
+def test_route_registration_that_raises_names_the_plugin(hub_factory):
+    class P:
+        @hookimpl
+        def register_routes(self, register):
+            raise ImportError("no module named litestar_extras")
+
+    with pytest.raises(PluginError) as exc:
+        hub_factory(("web", P())).routes()
+    assert _one_line(exc) == (
+        "plugin 'web' failed in register_routes: ImportError: no module named litestar_extras; "
+        "switch it off with --disable-plugin web"
+    )
