@@ -217,12 +217,17 @@ def replay(
     blobs: Sequence[bytes],
     public_of: Callable[[str], PublicIdentity],
     verified: set[tuple[str, str]] | None = None,
+    trusted_upto: int = -1,
 ) -> NameState:
     """Verify a name's records (stored bytes, ``seq`` order) and return its state.
 
     ``public_of(team)`` gives the owner's trusted public key; ``verified``
     (optional, kept by the caller) remembers (fingerprint, blob SHA-256) pairs
     whose signatures already checked out, so a repeated replay only hashes.
+    ``trusted_upto``: the caller verified records ``0..trusted_upto`` before
+    and has checked that record ``trusted_upto`` still has the bytes it
+    verified (a SHA-256 it kept); since every record links to the previous
+    one by SHA-256, that prefix is unchanged, so only its links are checked.
 
     Raises:
         IntegrityError: a record is corrupt, unsigned, out of order, from
@@ -255,7 +260,7 @@ def replay(
             raise _bad(state.name, seq, "owner changed")
         assert public is not None
         sha = digest(blob)
-        if verified is None or (fingerprint, sha) not in verified:
+        if seq > trusted_upto and (verified is None or (fingerprint, sha) not in verified):
             verify(public, canonical(rec), sig, CONTEXT)
             if verified is not None:
                 verified.add((fingerprint, sha))

@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from hub.blobs import put_new
 from hub.errors import IntegrityError
 from hub.grants import MAX_RECORD_BYTES, NameState, claim_record, digest, replay, sign_record
 from hub.identity import Identity, PublicIdentity
@@ -25,6 +26,10 @@ from hub.names import ADAPTER_NAME, collision_key
 from plugins.vault.blobs import BlobStore, get_bounded
 
 _SEQ = re.compile(r"[0-9]{8}", re.ASCII)
+
+
+class RecordConflict(IntegrityError):
+    """Another process appended the same record number first (reload and retry)."""
 
 
 class NameRecords:
@@ -77,7 +82,9 @@ class NameRecords:
                 )
         if not blobs:
             return None
-        state = replay(blobs, self.public_of, self._verified)
+        # The pinned prefix was verified by this home and its last record's bytes are
+        # unchanged (checked above), so a fresh process re-checks only links there.
+        state = replay(blobs, self.public_of, self._verified, pinned[0] if pinned else -1)
         if pinned is None or state.seq > pinned[0]:
             self._write_pin(name, state)
         return state
@@ -85,7 +92,7 @@ class NameRecords:
     def claim(self, name: str, identity: Identity) -> NameState:
         """Record 0: ``identity``'s team owns ``name`` (caller holds the write lock)."""
         blob = sign_record(identity, claim_record(name, identity.public))
-        self.blobs.put(f"{self.prefix(name)}{0:08d}", blob)
+        put_new(self.blobs, f"{self.prefix(name)}{0:08d}", blob)  # a lost race: the winner's
         return self._reload(name)
 
     def append(
@@ -93,8 +100,19 @@ class NameRecords:
     ) -> NameState:
         """Sign and store the next record of ``state``; returns the new state."""
         blob = sign_record(identity, state.record(action, **fields))
-        self.blobs.put(f"{self.prefix(state.name)}{state.seq + 1:08d}", blob)
+        # Conditional write: processes on other machines (no shared lock) never overwrite.
+        if not put_new(self.blobs, f"{self.prefix(state.name)}{state.seq + 1:08d}", blob):
+            raise RecordConflict(
+                f"adapter {state.name!r} was changed by another process at the same time: retry"
+            )
         return self._reload(state.name)
+
+    def reserve_version(self, name: str, version: int) -> int:
+        """The first number from ``version`` up that no process reserved before (a
+        conditional write of ``versions/<name>/<number>``; numbers are never reused)."""
+        while not put_new(self.blobs, f"versions/{collision_key(name)}/{version:08d}", b""):
+            version += 1
+        return version
 
     def _reload(self, name: str) -> NameState:
         state = self.load(name)

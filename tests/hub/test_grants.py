@@ -137,3 +137,13 @@ def test_verified_records_are_not_verified_again(keys):
     assert len(verified) == 2
     replay(blobs, _public_of(keys), verified)  # a cache hit checks links, not signatures
     assert len(verified) == 2
+
+
+def test_a_prefix_the_caller_verified_before_is_checked_by_links_only(keys):
+    blobs = _chain(keys, _publish(1))
+    state = replay(blobs, _public_of(keys))
+    action, fields = _publish(2)
+    blobs.append(sign_record(keys["beta"], state.record(action, **fields)))  # not alpha's
+    with pytest.raises(IntegrityError, match="does not verify"):
+        replay(blobs, _public_of(keys), trusted_upto=1)  # record 2 is beyond the prefix
+    assert replay(blobs, _public_of(keys), trusted_upto=2).live() == [1, 2]  # caller's word

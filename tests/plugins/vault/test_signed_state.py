@@ -254,7 +254,7 @@ def test_reindex_command_rebuilds_a_deleted_index_without_keys(qlora_home, qlora
 
 @pytest.mark.parametrize("half", ["ed25519", "mldsa65"])
 def test_bit_flip_in_either_half_of_a_record_signature_is_refused(world, half):
-    _, _, v = world
+    root, homes, v = world
     ref = v["alpha"].push(sample_adapter("upper", 1))
     key = "names/upper/00000000"  # the claim: a flip here cannot be caught by a pin
     body = json.loads(v["alpha"].blobs.get(key))
@@ -262,5 +262,11 @@ def test_bit_flip_in_either_half_of_a_record_signature_is_refused(world, half):
     sig[10 if half == "ed25519" else 64 + 100] ^= 0x01
     body["signature"] = base64.b64encode(bytes(sig)).decode()
     v["beta"].blobs.put(key, json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+    # A home that never read the name checks the signature; alpha's own home, which
+    # verified these records before, sees that record 1 no longer links to record 0.
+    fresh = root.parent / "fresh"
+    shutil.copytree(homes["alpha"], fresh, ignore=shutil.ignore_patterns("pins"))
     with pytest.raises(IntegrityError, match="signature by team 'alpha' does not verify"):
+        Vault(root, home=fresh, team="alpha").pull(ref)
+    with pytest.raises(IntegrityError, match="inconsistent at record 1"):
         v["alpha"].pull(ref)
