@@ -17,6 +17,7 @@ ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    "--disable-dev-shm-usage",  # containers often have a 64 MB /dev/shm
 ]
 VIEWPORT = {"width": 1100, "height": 720}
 
