@@ -31,7 +31,7 @@ NAV = (
     ("/rounds", "Federated rounds"),
     ("/playground", "Playground"),
 )
-PUBLIC = ("/login", "/static/")
+PUBLIC = ("/login", "/static/")  # reachable without a session
 
 
 def console(request: Request) -> ConsoleState:
@@ -84,7 +84,7 @@ async def check_request(request: Request) -> Response | None:
     if st.allowed_hosts is not None and host not in st.allowed_hosts:
         return Response("unexpected Host header", status_code=400, media_type="text/plain")
     path = request.url.path
-    if path == "/login" or path.startswith("/static/"):
+    if path == PUBLIC[0] or path.startswith(PUBLIC[1]):
         return None
     session = st.sessions.get(request.cookies.get(st.sessions.cookie))
     if session is None:
