@@ -85,6 +85,7 @@ class AccessLogMiddleware:
             }
             if path == UNKNOWN_PATH:
                 record["unknown_path"] = scope["path"][:200]
-            log.info(json.dumps(record))
+            if log.isEnabledFor(logging.INFO):
+                log.info(json.dumps(record))
             if self.observe:
                 self.observe(path, status["code"], seconds)
