@@ -84,6 +84,18 @@ def register_settings(register):
 
 
 @hookspec
+def register_blob_stores(register):
+    """Register blob stores: URL schemes where storage backends keep opaque objects.
+
+    :param register: callback ``register(scheme, factory)``; ``scheme`` is a
+        lower-case URL scheme (``"s3"``), unique across plugins, and
+        ``factory(url, settings)`` returns a :class:`hub.blobs.BlobStore` for
+        ``vault.blob_url = "scheme://..."`` (``settings`` know every plugin's table).
+    :return: ignored.
+    """
+
+
+@hookspec
 def register_routes(register):
     """Register extra HTTP route handlers mounted by ``qlora-hub serve``.
 

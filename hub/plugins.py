@@ -30,6 +30,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.trainer",
     "plugins.local",
     "plugins.vault",
+    "plugins.s3",
     "plugins.ckks",
     "plugins.plain",
     "server.plugin",

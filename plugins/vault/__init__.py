@@ -18,6 +18,18 @@ def register_storage(register):
 
 
 @hookimpl
+def register_blob_stores(register):
+    """Register ``file://`` (:class:`plugins.vault.blobs.FileBlobStore`)."""
+
+    def open_file(url, settings):
+        from plugins.vault.blobs import FileBlobStore
+
+        return FileBlobStore(url)
+
+    register("file", open_file)
+
+
+@hookimpl
 def register_commands(cli):
     """Add ``audit verify|show`` and ``bench vault``."""
     from plugins.vault import bench, commands

@@ -103,7 +103,7 @@ class Vault:
             or _setting(self.home, settings, "vault.blob_url")
             or (self.root / "blobs").as_uri()
         )
-        self.blobs = open_blobs(url)
+        self.blobs = open_blobs(url, hub=hub, settings=settings, home=self.home)
         self.index = Index(self.root / "index.sqlite")
         self.audit = AuditLog(self.root / "audit.log", self.index)
         self._identities: dict[str, Identity] = {}

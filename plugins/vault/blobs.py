@@ -1,9 +1,9 @@
 """The blob layer: opaque named byte strings behind a URL.
 
 The vault stores only ciphertext, signed manifests and wrapped keys here, so
-a blob store needs no trust. ``file://`` is built in; a plugin can add a
-scheme (object storage, say) with :func:`register_blob_scheme` from its
-module body. Keys look like ``objects/<object id>/payload``.
+a blob store needs no trust. The protocol and the scheme registry are the
+core's (:mod:`hub.blobs`; plugins add schemes with the ``register_blob_stores``
+hook); ``file://`` is built in here. Keys look like ``objects/<object id>/payload``.
 """
 
 from __future__ import annotations
@@ -12,47 +12,22 @@ import contextlib
 import errno
 import mmap
 import os
-import re
 import stat
-from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
-from hub.errors import ConfigError, IntegrityError
+from hub.blobs import (  # noqa: F401  (re-exported: the vault's modules import them from here)
+    BLOB_SCHEMES,
+    BlobStore,
+    check_key,
+    get_bounded,
+    open_blobs,
+    register_blob_scheme,
+)
+from hub.errors import IntegrityError
 
-_KEY_RE = re.compile(r"[a-z0-9_-]+(/[a-z0-9_.-]+)*", re.ASCII)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-
-
-@runtime_checkable
-class BlobStore(Protocol):
-    """Where the vault keeps its opaque objects. Writes must be atomic per key."""
-
-    url: str
-
-    def put(self, key: str, data: bytes) -> None:
-        """Store ``data`` under ``key`` atomically (all or nothing, durable on return)."""
-
-    def get(self, key: str) -> bytes:
-        """The bytes under ``key``; raises IntegrityError if it is missing."""
-
-    def exists(self, key: str) -> bool:
-        """Whether ``key`` holds a blob."""
-
-    def delete(self, key: str) -> None:
-        """Remove ``key`` (no error if absent)."""
-
-    def keys(self, prefix: str) -> list[str]:
-        """Every key starting with ``prefix`` (a folder-like prefix ending in ``/``)."""
-
-
-def check_key(key: str) -> str:
-    """Refuse keys that could escape the store (``..``, absolute, odd characters)."""
-    if not isinstance(key, str) or not _KEY_RE.fullmatch(key) or ".." in key:
-        raise ValueError(f"invalid blob key {key!r}")
-    return key
 
 
 class FileBlobStore:
@@ -158,6 +133,33 @@ class FileBlobStore:
         finally:
             os.close(folder)
 
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Like :meth:`put`, but only if ``key`` holds nothing: the durable temp file is
+        hard-linked into place (``link`` fails when the name exists). True if created."""
+        *parts, name = check_key(key).split("/")
+        folder = self._open_dir(parts, key, create=True)
+        assert folder is not None
+        tmp = f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+        try:
+            fd = os.open(tmp, _NEW_FLAGS, 0o600, dir_fd=folder)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
+            except FileExistsError:
+                return False
+            os.fsync(folder)
+            return True
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=folder)
+            os.close(folder)
+
     def get(self, key: str, limit: int | None = None) -> bytes:
         """Read the whole blob (a regular file, not through a link).
 
@@ -245,32 +247,4 @@ class FileBlobStore:
                     out.append(key)
 
 
-def get_bounded(store: BlobStore, key: str, limit: int) -> bytes:
-    """``store.get(key)``, refused when over ``limit`` bytes (before reading, where the
-    store can tell: the file store checks the size first)."""
-    blob = store.get(key, limit=limit) if isinstance(store, FileBlobStore) else store.get(key)
-    if len(blob) > limit:
-        raise IntegrityError(f"blob {key} is over its {limit:,} byte bound: the vault was altered")
-    return blob
-
-
-BLOB_SCHEMES: dict[str, Callable[[str], BlobStore]] = {"file": FileBlobStore}
-"""URL scheme -> factory taking the URL."""
-
-
-def register_blob_scheme(scheme: str, factory: Callable[[str], BlobStore]) -> None:
-    """Let ``vault.blob_url`` use ``scheme://...``; ``factory(url)`` returns a :class:`BlobStore`."""
-    if scheme in BLOB_SCHEMES:
-        raise ConfigError(f"blob scheme {scheme!r} is already registered")
-    BLOB_SCHEMES[scheme] = factory
-
-
-def open_blobs(url: str) -> BlobStore:
-    """Open the blob store at ``url``."""
-    scheme = urlparse(url).scheme
-    if scheme not in BLOB_SCHEMES:
-        raise ConfigError(
-            f"vault.blob_url {url!r}: no blob store for scheme {scheme!r}; known: "
-            f"{', '.join(BLOB_SCHEMES)}"
-        )
-    return BLOB_SCHEMES[scheme](url)
+BLOB_SCHEMES["file"] = FileBlobStore  # the built-in scheme (process-wide)

@@ -23,11 +23,13 @@ from hub.identity import Identity
 from hub.names import check_name
 from hub.types import AdapterPayload, AdapterRef
 from plugins.vault import objects
+from plugins.vault.records import RecordConflict
 
 if TYPE_CHECKING:
     from plugins.vault.backend import Vault
 
 MAX_METADATA_BYTES = 64 << 10
+_APPEND_TRIES = 20
 
 
 def store(
@@ -51,6 +53,7 @@ def store(
     with vault.index.write() as db:  # reserve the version number (never reused)
         state = _claimed(vault, name, ident)
         version = max(state.last_version, vault.index.last_version(db, name)) + 1
+        version = vault.records.reserve_version(name, version)  # atomic across machines too
         vault.index.reserve(db, name, team, version)
         base = readers if readers is not None else state.next_readers()
         wanted = base | {team, *share_with}
@@ -79,19 +82,29 @@ def store(
     }
     # Visibility point: the owner-signed publish record, written under the write lock
     # after every blob of the object is durable; the index rows are its cache.
-    with vault.index.write() as db:
-        state = _claimed(vault, name, ident)
-        if version in state.versions:
-            raise IntegrityError(f"version {name}@{version} was published meanwhile: retry")
-        if readers is None:  # a share or revoke may have landed since the reservation
-            final = state.next_readers() | {team, *share_with}
-            wrapped = _wrap_for(vault, final - wrapped, data_key, oid, version) | (wrapped & final)
-            for gone in wanted - final:
-                vault.blobs.delete(vault._key(oid.hex(), f"keys/{gone}"))
-        manifest["readers"] = sorted(wrapped)
-        digest = _sign_and_record(vault, state, ident, manifest)
-        vault.index.add_version(db, manifest, len(plain), digest, sorted(wrapped))
-        vault.audit.append(db, action, team, f"{name}@{version}", digest, readers=sorted(wrapped))
+    for attempt in range(_APPEND_TRIES):  # another machine may append a record meanwhile
+        try:
+            with vault.index.write() as db:
+                state = _claimed(vault, name, ident)
+                if version in state.versions:
+                    raise IntegrityError(f"version {name}@{version} was published meanwhile: retry")
+                if readers is None:  # a share or revoke may have landed since the reservation
+                    final = state.next_readers() | {team, *share_with}
+                    wrapped = _wrap_for(vault, final - wrapped, data_key, oid, version) | (
+                        wrapped & final
+                    )
+                    for gone in wanted - final:
+                        vault.blobs.delete(vault._key(oid.hex(), f"keys/{gone}"))
+                manifest["readers"] = sorted(wrapped)
+                digest = _sign_and_record(vault, state, ident, manifest)
+                vault.index.add_version(db, manifest, len(plain), digest, sorted(wrapped))
+                vault.audit.append(
+                    db, action, team, f"{name}@{version}", digest, readers=sorted(wrapped)
+                )
+            break
+        except RecordConflict:
+            if attempt == _APPEND_TRIES - 1:
+                raise
     return AdapterRef(name, version)
 
 
@@ -136,8 +149,8 @@ def _sign_and_record(
 def _claimed(vault: Vault, name: str, ident: Identity) -> NameState:
     """The state of ``name`` for a push by ``ident``'s team, claiming a new name."""
     state = vault.records.load(name)
-    if state is None:
-        return vault.records.claim(name, ident)
+    if state is None:  # another machine may win the claim: checked below like any owner
+        state = vault.records.claim(name, ident)
     if state.name != name:
         raise ValidationError(
             f"adapter name {name!r} collides with existing {state.name!r} "
