@@ -1,0 +1,185 @@
+"""S3BlobStore against a real S3 API: atomic and conditional writes, bounded reads,
+paginated listings, and one-line errors for a down, failing or refusing endpoint."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from hub.blobs import get_bounded
+from hub.config import load_settings
+from hub.errors import ConfigError, IntegrityError
+from hub.plugins import Hub
+from plugins.s3.store import S3BlobStore, parse_url
+
+
+def _store(url, home, hub):
+    return S3BlobStore(url, load_settings(home, hub=hub))
+
+
+def test_put_get_exists_delete_keys(s3_url, tmp_path, s3_hub):
+    store = _store(s3_url, tmp_path, s3_hub)
+    store.put("objects/ab/payload", b"x" * 5000)
+    store.put("objects/ab/keys/alpha", memoryview(b"k"))
+    assert store.get("objects/ab/payload") == b"x" * 5000
+    assert store.exists("objects/ab/payload") and not store.exists("objects/cd/payload")
+    assert store.keys("objects/") == ["objects/ab/keys/alpha", "objects/ab/payload"]
+    store.delete("objects/ab/payload")
+    store.delete("objects/ab/payload")  # absent: no error
+    assert store.keys("objects/") == ["objects/ab/keys/alpha"]
+    with pytest.raises(IntegrityError, match=r"blob objects/ab/payload is missing from s3://"):
+        store.get("objects/ab/payload")
+
+
+def test_put_if_absent_lets_exactly_one_writer_win(s3_url, tmp_path, s3_hub):
+    store = _store(s3_url, tmp_path, s3_hub)
+    with ThreadPoolExecutor(8) as pool:
+        won = list(
+            pool.map(lambda i: store.put_if_absent("versions/upper/00000001", b"%d" % i), range(8))
+        )
+    assert won.count(True) == 1
+    assert store.get("versions/upper/00000001") == b"%d" % won.index(True)
+
+
+def test_reads_are_bounded_before_the_body_is_read(s3_url, tmp_path, s3_hub):
+    store = _store(s3_url, tmp_path, s3_hub)
+    store.put("objects/ab/manifest", b"m" * 70_000)
+    with pytest.raises(IntegrityError, match="70,000 bytes, over its 65,536 byte bound"):
+        get_bounded(store, "objects/ab/manifest", 65_536)
+
+
+def test_keys_cannot_escape_the_prefix(s3_url, tmp_path, s3_hub):
+    store = _store(s3_url, tmp_path, s3_hub)
+    for key in ("../x", "/abs", "a//b", "A/B"):
+        with pytest.raises(ValueError, match="invalid blob key"):
+            store.put(key, b"x")
+
+
+@pytest.mark.parametrize(
+    "url", ["s3://", "s3://ab/x", "s3://Bucket/x", "s3://bucket/../x", "s3://bucket/x?y=1"]
+)
+def test_bad_urls_are_one_line_config_errors(url):
+    with pytest.raises(ConfigError, match="vault.blob_url"):
+        parse_url(url)
+
+
+def test_listing_thousands_of_keys_is_paginated(s3_url, s3_endpoint, tmp_path, s3_hub):
+    store = _store(s3_url, tmp_path, s3_hub)
+    names = [f"names/upper/{i:08d}" for i in range(2_100)]
+    _fill(s3_endpoint, store.bucket, [store.prefix + k for k in names])
+    pages = []
+    store.client.meta.events.register("before-call.s3.ListObjectsV2", lambda **kw: pages.append(1))
+    started = time.perf_counter()
+    assert store.keys("names/upper/") == names
+    elapsed = time.perf_counter() - started
+    assert len(pages) == 3  # 1,000 keys a page
+    assert elapsed < 10, f"listing 2,100 keys took {elapsed:.1f} s"
+
+
+def _fill(ep, bucket, keys):
+    """Create empty objects ``keys``: straight into moto's in-process backend (thousands of
+    PUTs through its HTTP server take half a minute on 2 cores), else with PutObject."""
+    if ep.moto:
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
+
+        backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+        for key in keys:
+            backend.put_object(bucket, key, b"")
+        return
+    raw = ep.client()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: raw.put_object(Bucket=bucket, Key=k, Body=b""), keys))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_endpoint_down_is_one_line_naming_the_setting(s3_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("QLORA_HUB_S3_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("QLORA_HUB_S3_MAX_ATTEMPTS", "2")
+    store = _store(s3_url, tmp_path, Hub())
+    started = time.perf_counter()
+    with pytest.raises(ConfigError) as exc:
+        store.put("objects/ab/payload", b"x")
+    message = str(exc.value)
+    assert "\n" not in message and "after 2 attempts" in message
+    assert "check s3.endpoint_url" in message
+    assert time.perf_counter() - started < 15
+
+
+class _Failing(BaseHTTPRequestHandler):
+    """An S3 endpoint that answers every request 503 SlowDown-style and counts them."""
+
+    count = 0
+
+    def _fail(self):
+        type(self).count += 1
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        body = b"<Error><Code>ServiceUnavailable</Code><Message>down</Message></Error>"
+        self.send_response(503)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = _fail
+
+    def log_message(self, *args):
+        pass
+
+
+def test_503s_are_retried_then_one_line(s3_url, tmp_path, monkeypatch):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("QLORA_HUB_S3_ENDPOINT_URL", f"http://127.0.0.1:{server.server_port}")
+        monkeypatch.setenv("QLORA_HUB_S3_MAX_ATTEMPTS", "3")
+        store = _store(s3_url, tmp_path, Hub())
+        with pytest.raises(ConfigError) as exc:
+            store.put("objects/ab/payload", b"x")
+        assert _Failing.count == 3  # the first try and two retries, with backoff
+        message = str(exc.value)
+        assert "\n" not in message
+        assert "failed (503 ServiceUnavailable) on objects/ab/payload after 3 attempts" in message
+        assert "s3.endpoint_url and s3.max_attempts" in message
+    finally:
+        server.shutdown()
+
+
+def test_wrong_credentials_are_one_line_naming_the_setting(
+    s3_url, s3_endpoint, tmp_path, monkeypatch, s3_hub
+):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG0")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    store = _store(s3_url, tmp_path, s3_hub)
+    if s3_endpoint.moto:  # moto checks credentials only when told to (its reset-auth API)
+        _moto_auth(s3_endpoint, "0")
+    try:
+        with pytest.raises(ConfigError) as exc:
+            store.put("objects/ab/payload", b"x")
+    finally:
+        if s3_endpoint.moto:
+            _moto_auth(s3_endpoint, "inf")
+    message = str(exc.value)
+    assert "\n" not in message and "refused the credentials for s3://" in message
+    assert "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE" in message
+
+
+def _moto_auth(ep, count):
+    request = urllib.request.Request(
+        f"{ep.endpoint}/moto-api/reset-auth",
+        data=count.encode(),
+        method="POST",
+        headers={"Content-Type": "text/plain"},
+    )
+    urllib.request.urlopen(request, timeout=10).read()
