@@ -144,3 +144,37 @@ def test_unknown_paths_are_counted_under_one_label_and_logged(live, caplog) -> N
     assert live.metric('qlora_hub_requests_total{route="(unknown)",status="404"}') >= 3
     records = [json.loads(r.getMessage()) for r in caplog.records if r.name.endswith("access")]
     assert {"/wp-admin", "/.env", "/v2/anything"} <= {r.get("unknown_path") for r in records}
+
+
+def test_a_stream_abandoned_before_its_first_chunk_is_cancelled(live) -> None:
+    """A client gone before its stream started (the handler was still waiting for the adapter
+    cache) ends as cancelled, never at its full length (the exchange's end cancels the rows,
+    whether or not the stream's generator ever ran)."""
+    import time
+
+    cancelled = 'qlora_hub_finished_requests_total{reason="cancelled"}'
+    length = 'qlora_hub_finished_requests_total{reason="length"}'
+    live.wait_idle()
+    before = (live.metric(cancelled), live.metric(length))
+    engine = live.state.engine
+    saved, engine.eos_ids = engine.eos_ids, set()  # nothing ends early: 300 tokens or cancel
+    body = json.dumps(
+        {"model": "r2", "prompt": "go:", "max_tokens": 300, "temperature": 0, "stream": True}
+    ).encode()
+    host, port = live.url.removeprefix("http://").split(":")
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {live.keys['alpha']}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    try:
+        with live.state.cache._cond:  # the handler waits in the adapter cache
+            sock = socket.create_connection((host, int(port)))
+            sock.sendall(head.encode() + body)
+            time.sleep(0.5)
+            sock.close()  # gone before the stream started
+            time.sleep(0.2)
+        live.wait_idle(300)
+    finally:
+        engine.eos_ids = saved
+    assert (live.metric(cancelled), live.metric(length)) == (before[0] + 1, before[1])
