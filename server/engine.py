@@ -5,8 +5,11 @@ requests up to ``max_batch`` rows, prefills them together (left padded), and
 merges their KV cache into the running batch, which then decodes one token
 for every row in one forward pass; each row uses its own adapter through
 :class:`server.lora.LoRABank`. Finished, cancelled and timed-out rows leave
-after the step that finished them. The KV cache is held as one left-padded
-tensor pair per layer, so joining is a pad + concat and leaving an index.
+after the step that finished them; cancelled ones leave before the next forward
+pass. One row's failure (sampling, non-finite logits, decoding, streaming, a prefill
+that raises) ends that row only, with an error naming its request id. The KV cache
+is held as one left-padded tensor pair per layer, so joining is a pad + concat and
+leaving an index.
 """
 
 from __future__ import annotations
