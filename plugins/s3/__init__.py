@@ -35,3 +35,11 @@ def register_blob_stores(register):
         return S3BlobStore(url, settings)
 
     register("s3", open_s3)
+
+
+@hookimpl
+def register_commands(cli):
+    """Add ``bench s3``."""
+    from plugins.s3 import bench
+
+    bench.add_to(cli)
