@@ -183,3 +183,11 @@ def _moto_auth(ep, count):
         headers={"Content-Type": "text/plain"},
     )
     urllib.request.urlopen(request, timeout=10).read()
+
+
+def test_a_missing_bucket_names_vault_blob_url(s3_endpoint, tmp_path, s3_hub):
+    store = _store(f"s3://no-such-bucket-{time.time_ns()}/x", tmp_path, s3_hub)
+    with pytest.raises(
+        ConfigError, match=r"bucket 'no-such-bucket-\d+' does not exist at .*fix vault.blob_url"
+    ):
+        store.put("objects/ab/payload", b"x")

@@ -11,11 +11,12 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import time
 
 import pytest
 
-from hub.errors import IntegrityError
+from hub.errors import ConfigError, IntegrityError
 from hub.testing.storage import sample_adapter
 from hub.types import AdapterRef
 from plugins.vault.backend import Vault
@@ -139,3 +140,23 @@ def test_a_record_deleted_or_replaced_behind_the_vaults_back_is_refused(pushed):
     raw.put_object(Bucket=blobs.bucket, Key=key, Body=b'{"record": {}, "signature": ""}')
     with pytest.raises(IntegrityError):
         _fresh(vault).pull(ref)
+
+
+def test_a_push_while_the_endpoint_is_down_fails_in_one_line_and_writes_nothing(
+    home, s3_url, s3_hub, monkeypatch
+):
+    vault = _machine(home, s3_url)
+    vault.push(sample_adapter("upper", 0))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with monkeypatch.context() as m:
+        m.setenv("QLORA_HUB_S3_ENDPOINT_URL", dead)
+        m.setenv("QLORA_HUB_S3_MAX_ATTEMPTS", "2")
+        with pytest.raises(ConfigError) as exc:
+            _machine(home, s3_url).push(sample_adapter("upper", 1))
+    assert "\n" not in str(exc.value) and "check s3.endpoint_url" in str(exc.value)
+    fresh = _machine(home, s3_url)  # the endpoint is back
+    assert [r.version for r in fresh.list()] == [1]
+    assert fresh.pull(AdapterRef("upper", 1)).files == sample_adapter("upper", 0).files
+    assert fresh.orphans() == []
