@@ -241,7 +241,27 @@ def verify(state, ref, team, as_json) -> None:
             click.echo(f"ok  {res['ref']}  ({res['bytes']:,} bytes, {what})")
 
 
-COMMANDS = (push, import_cmd, pull, list_cmd, show, share, revoke, delete, export, verify)
+@click.command("reindex")
+@team_option
+@json_option
+@pass_state
+def reindex(state, team, as_json) -> None:
+    """Rebuild the backend's index (a cache) from its signed records; no keys needed."""
+    from hub.store import open_backend
+
+    backend = open_backend(state.hub, state.settings, team=team)
+    if not hasattr(backend, "reindex"):
+        raise ConfigError(f"storage backend {backend.name!r} keeps no index to rebuild")
+    out = backend.reindex(team=team)
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo(f"reindexed {out['names']} names, {out['versions']} versions from signed records")
+    for name, why in sorted(out["skipped"].items()):
+        click.echo(f"skipped {name}: {why}")
+
+
+COMMANDS = (push, import_cmd, pull, list_cmd, show, share, revoke, delete, export, verify, reindex)
 
 
 def add_to(cli: click.Group) -> None:
