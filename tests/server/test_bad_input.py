@@ -45,8 +45,8 @@ def test_missing_model_is_400_naming_the_field(post) -> None:
     assert "model" in resp.json()["error"]["message"]
 
 
-def test_n_above_one_is_400(post) -> None:
-    resp = post({"model": "base", "prompt": "hi", "n": 2})
+def test_n_above_the_limit_is_400(post) -> None:
+    resp = post({"model": "base", "prompt": "hi", "n": 17})
     assert resp.status_code == 400
     assert resp.json()["error"]["param"] == "n"
 
