@@ -27,24 +27,50 @@ import click
 
 from hub.errors import HubError
 
-TASKS = ("upper", "reverse")
-TEAM_OF = {"upper": "alpha", "reverse": "beta"}
+TASK = "upper"
+LETTERS = {"alpha": "abcdefghijklm", "beta": "nopqrstuvwxyz"}
+"""Each team's words use only its half of the alphabet: disjoint, differently distributed data."""
+TEAMS = tuple(LETTERS)
+ADAPTER = {team: f"{team}-upper" for team in TEAMS}
+KEY_HOLDER = "hold"
 PROMPT_WORDS = ("cat", "hub", "lora", "quant")
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """How much work each stage does; ``FAST`` is sized for CI, ``FULL`` for people."""
+    """How much work each stage does; ``FAST`` is sized for CI, ``FULL`` for people.
+
+    ``steps`` is each team's first training run; every federated round after
+    the first trains each team ``round_steps`` more from the previous merge.
+    """
 
     train_rows: int
     held_out: int
     steps: int
     batch_size: int
     learning_rate: float
+    rounds: int
+    round_steps: int
 
 
-FULL = Recipe(train_rows=20000, held_out=200, steps=1200, batch_size=32, learning_rate=5e-3)
-FAST = Recipe(train_rows=20000, held_out=100, steps=300, batch_size=32, learning_rate=8e-3)
+FULL = Recipe(
+    train_rows=10000,
+    held_out=100,
+    steps=800,
+    batch_size=32,
+    learning_rate=5e-3,
+    rounds=3,
+    round_steps=150,
+)
+FAST = Recipe(
+    train_rows=10000,
+    held_out=50,
+    steps=200,
+    batch_size=32,
+    learning_rate=8e-3,
+    rounds=2,
+    round_steps=80,
+)
 A_SEED = 20240607  # both teams freeze A at this seed, so the ffa merge is exact
 
 
@@ -99,7 +125,7 @@ class Demo:
     def stage_base(self) -> dict[str, Any]:
         base, ckpt = self.work / "base", self.work / "base-nf4"
         self.qh("base", "init", "--out", str(base))
-        self.qh("quantize", str(base), "--out", str(ckpt))
+        self.qh("quantize", str(base), "--out", str(ckpt), "--compute-dtype", compute_dtype())
         report = self.qh_json("quantize", str(base), "--report", "--json")
         return {
             "bits_per_param_quantized": report["quantized_total"]["nf4"]["bits_per_param"],
@@ -111,92 +137,73 @@ class Demo:
         }
 
     def stage_teams(self) -> dict[str, Any]:
-        for team in ("alpha", "beta", "server"):
+        teams = [*TEAMS, KEY_HOLDER, "server"]
+        for team in teams:
             self.qh("team", "create", team, "--no-passphrase")
-        return {"teams": ["alpha", "beta", "server"]}
+        return {"teams": teams}
 
-    def stage_train(self) -> dict[str, Any]:
+    def train_args(self, team: str, steps: int, init: str | None = None) -> list[str]:
+        """``qlora-hub train`` for ``team``'s shard (frozen A at the shared seed)."""
         r = self.recipe
+        args = ["train", "--base", str(self.work / "base-nf4"), "--adapter", ADAPTER[team]]
+        args += ["--data", str(self.work / "data" / team / "train.jsonl"), "--team", team]
+        args += ["--out", str(self.work / "runs" / f"{team}-{steps}-{init or 'scratch'}")]
+        args += ["--quiet", "--freeze-a", "--a-seed", str(A_SEED), "--r", "16", "--alpha", "32"]
+        args += ["--dropout", "0", "--optimizer", "adamw", "--lr", str(r.learning_rate)]
+        args += ["--batch-size", str(r.batch_size), "--max-steps", str(steps)]
+        args += ["--max-length", "32", "--eval-fraction", "0", "--logging-steps", "25"]
+        args += ["--threads", "1"]
+        return [*args, "--init-adapter", init] if init else args
+
+    def train_teams(self, steps: int, init: str | None = None) -> dict[str, str]:
+        """Both teams train at once, one core each, as on two machines; returns run dirs."""
         procs = {}
-        for task in TASKS:  # the two teams train at once, one core each, as on two machines
-            data = self.work / "data" / task
-            self.qh(
-                "data",
-                "synth",
-                task,
-                "--n",
-                str(r.train_rows),
-                "--held-out",
-                str(r.held_out),
-                "--out",
-                str(data),
-            )
-            run = self.work / "runs" / task
-            args = [
-                "train",
-                "--base",
-                str(self.work / "base-nf4"),
-                "--data",
-                str(data / "train.jsonl"),
-                "--adapter",
-                task,
-                "--team",
-                TEAM_OF[task],
-                "--out",
-                str(run),
-                "--quiet",
-                "--freeze-a",
-                "--a-seed",
-                str(A_SEED),
-                "--r",
-                "16",
-                "--alpha",
-                "32",
-                "--dropout",
-                "0",
-                "--optimizer",
-                "adamw",
-                "--lr",
-                str(r.learning_rate),
-                "--batch-size",
-                str(r.batch_size),
-                "--max-steps",
-                str(r.steps),
-                "--max-length",
-                "32",
-                "--eval-fraction",
-                "0",
-                "--logging-steps",
-                "25",
-                "--threads",
-                "1",
-            ]
-            log = (self.work / f"train-{task}.log").open("wb")
-            procs[task] = (self.spawn(args, log), log)
-        out: dict[str, Any] = {}
-        for task, (proc, log) in procs.items():
+        for team in TEAMS:
+            args = self.train_args(team, steps, init)
+            log = (self.work / f"train-{team}.log").open("ab")
+            procs[team] = (self.spawn(args, log), log, args[args.index("--out") + 1])
+        for team, (proc, log, _) in procs.items():
             code = proc.wait()
             log.close()
             if code != 0:
-                tail = (self.work / f"train-{task}.log").read_text(errors="replace").strip()
-                raise RuntimeError(f"training {task} exited {code}: {tail.splitlines()[-1:]}")
-            acc = self.qh_json(
-                "eval",
-                f"{task}@latest",
-                "--team",
-                TEAM_OF[task],
-                "--base",
-                str(self.work / "base-nf4"),
-                "--data",
-                str(self.work / "data" / task / "held_out.jsonl"),
-                "--json",
-            )
-            out[task] = {
-                "team": TEAM_OF[task],
-                "accuracy": acc["accuracy"],
-                "run": str(self.work / "runs" / task),
+                tail = (self.work / f"train-{team}.log").read_text(errors="replace").strip()
+                raise RuntimeError(f"training {team} exited {code}: {tail.splitlines()[-1:]}")
+        return {team: run for team, (_, _, run) in procs.items()}
+
+    def union_accuracy(self, adapter: str, team: str) -> float:
+        """Greedy exact match of ``adapter`` on both teams' held-out words."""
+        return self.qh_json(
+            "eval",
+            adapter,
+            "--team",
+            team,
+            "--base",
+            str(self.work / "base-nf4"),
+            "--data",
+            str(self.work / "data" / "union_held_out.jsonl"),
+            "--json",
+        )["accuracy"]
+
+    def stage_train(self) -> dict[str, Any]:
+        r = self.recipe
+        union = b""
+        for seed, (team, letters) in enumerate(LETTERS.items()):
+            data = self.work / "data" / team
+            self.qh("data", "synth", TASK, "--n", str(r.train_rows), "--held-out",
+                    str(r.held_out), "--seed", str(seed), "--letters", letters,
+                    "--out", str(data))  # fmt: skip
+            union += (data / "held_out.jsonl").read_bytes()
+        (self.work / "data" / "union_held_out.jsonl").write_bytes(union)
+        runs = self.train_teams(r.steps)
+        return {
+            team: {
+                "adapter": ADAPTER[team],
+                "letters": LETTERS[team],
+                "accuracy": self.union_accuracy(f"{ADAPTER[team]}@latest", team),
+                "run": runs[team],
             }
-        return out
+            for team in TEAMS
+        }
 
     def spawn(self, args: list[str], log: Any) -> subprocess.Popen:
         """Start ``qlora-hub --home HOME ARGS`` in a child process writing to ``log``."""
@@ -210,60 +217,43 @@ class Demo:
 
     def stage_share(self) -> dict[str, Any]:
         shares = []
-        for task in TASKS:
-            owner = TEAM_OF[task]
-            other = "beta" if owner == "alpha" else "alpha"
+        for owner in TEAMS:
+            other = next(t for t in TEAMS if t != owner)
             for target in (other, "server"):
-                self.qh("adapters", "share", task, "--with", target, "--team", owner)
-                shares.append(f"{task}: {owner} -> {target}")
+                self.qh("adapters", "share", ADAPTER[owner], "--with", target, "--team", owner)
+                shares.append(f"{ADAPTER[owner]}: {owner} -> {target}")
         listing = self.qh("adapters", "list", "--team", "server")
-        return {"shares": shares, "server_sees": [t for t in TASKS if t in listing]}
+        return {"shares": shares, "server_sees": [a for a in ADAPTER.values() if a in listing]}
+
+    def fed_round(self, k: int) -> float:
+        """Round ``k``: init (chained to merged@k-1), contribute, aggregate, finalize, eval."""
+        rnd = f"demo-r{k}"
+        init = ["fed", "init", "--round", rnd, "--teams", ",".join(TEAMS), "--mode", "ffa"]
+        init += ["--team", KEY_HOLDER]
+        self.qh(*init, *(["--start", f"merged@{k - 1}"] if k > 1 else []))
+        for team in TEAMS:
+            self.qh("fed", "contribute", "--round", rnd, "--team", team,
+                    "--key-holder", KEY_HOLDER, "--adapter", f"{ADAPTER[team]}@latest")  # fmt: skip
+        self.qh("fed", "aggregate", "--round", rnd, "--key-holder", KEY_HOLDER)
+        self.qh("fed", "finalize", "--round", rnd, "--name", "merged", "--team", KEY_HOLDER)
+        return self.union_accuracy(f"merged@{k}", TEAMS[0])
 
     def stage_federated(self) -> dict[str, Any]:
-        rnd = "demo-r1"
-        self.qh(
-            "fed",
-            "init",
-            "--round",
-            rnd,
-            "--teams",
-            "alpha,beta",
-            "--mode",
-            "ffa",
-            "--team",
-            "alpha",
-        )
-        for task in TASKS:
-            self.qh(
-                "fed",
-                "contribute",
-                "--round",
-                rnd,
-                "--team",
-                TEAM_OF[task],
-                "--adapter",
-                f"{task}@latest",
-                "--weight",
-                "0.5",
-            )
-        self.qh("fed", "aggregate", "--round", rnd)
-        self.qh("fed", "finalize", "--round", rnd, "--name", "merged", "--team", "alpha")
-        self.qh("adapters", "share", "merged", "--with", "server", "--team", "alpha")
-        acc = {
-            task: self.qh_json(
-                "eval",
-                "merged@latest",
-                "--team",
-                "alpha",
-                "--base",
-                str(self.work / "base-nf4"),
-                "--data",
-                str(self.work / "data" / task / "held_out.jsonl"),
-                "--json",
-            )["accuracy"]
-            for task in TASKS
+        r = self.recipe
+        rounds = [{"round": 1, "steps_per_team": r.steps, "accuracy": self.fed_round(1)}]
+        for k in range(2, r.rounds + 1):
+            self.train_teams(r.round_steps, init=f"merged@{k - 1}")
+            steps = rounds[-1]["steps_per_team"] + r.round_steps
+            rounds.append({"round": k, "steps_per_team": steps, "accuracy": self.fed_round(k)})
+        self.qh("adapters", "share", "merged", "--with", "server", "--team", KEY_HOLDER)
+        return {
+            "task": TASK,
+            "mode": "ffa",
+            "key_holder": KEY_HOLDER,
+            "weights": "training examples (FedAvg mean)",
+            "rounds": rounds,
+            "merged_accuracy": rounds[-1]["accuracy"],
         }
-        return {"round": rnd, "mode": "ffa", "weights": [0.5, 0.5], "merged_accuracy": acc}
 
     def stage_serve(self) -> dict[str, Any]:
         import httpx
@@ -289,7 +279,7 @@ class Demo:
             answers: dict[str, dict[str, str]] = {}
             headers = {"Authorization": f"Bearer {key}"}
             with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
-                for model in ("base", *TASKS, "merged"):
+                for model in ("base", *ADAPTER.values(), "merged"):
                     answers[model] = {}
                     for word in PROMPT_WORDS:
                         resp = client.post(
@@ -316,10 +306,10 @@ class Demo:
     # -- driver -----------------------------------------------------------------------
     PLAN = (
         ("base", "build the base, quantize to NF4 + double quant"),
-        ("teams", "create teams alpha, beta and the server identity"),
-        ("train", "alpha trains 'upper', beta trains 'reverse'"),
+        ("teams", "create teams alpha, beta, the key holder and the server identity"),
+        ("train", "alpha trains 'upper' on words over a-m, beta on words over n-z"),
         ("share", "push to the vault, share across teams and with the server"),
-        ("federated", "CKKS federated round (ffa) merges both adapters"),
+        ("federated", "chained CKKS federated rounds (ffa): train from the merge, merge again"),
         ("serve", "serve base + adapters on loopback, one request per adapter"),
     )
 
@@ -378,17 +368,24 @@ def _describe(stage: Stage) -> str:
             f"checkpoint {o['checkpoint_bytes'] / 1e6:.2f} MB vs bf16 {o['bf16_bytes'] / 1e6:.2f} MB"
         )
     if stage.name == "train":
-        return ", ".join(
-            f"{t} ({o[t]['team']}) {o[t]['accuracy']:.0%} held-out exact match" for t in TASKS
-        )
+        alone = ", ".join(f"{t} alone {o[t]['accuracy']:.0%}" for t in TEAMS)
+        return f"upper, exact match on both teams' held-out words: {alone}"
     if stage.name == "federated":
-        acc = o["merged_accuracy"]
-        return "merged adapter: " + ", ".join(f"{t} {acc[t]:.0%}" for t in TASKS)
+        per_round = ", ".join(f"round {x['round']} {x['accuracy']:.0%}" for x in o["rounds"])
+        return f"merged adapter on both teams' held-out words: {per_round}"
     if stage.name == "share":
         return f"{len(o['shares'])} shares; the server can read {', '.join(o['server_sees'])}"
     if stage.name == "serve":
         return f"{sum(len(v) for v in o['answers'].values())} answers from port {o['port']}"
     return ", ".join(o.get("teams", []))
+
+
+def compute_dtype() -> str:
+    """bfloat16 on a GPU; float32 on CPU, where many CPUs (AVX2 only) run a bf16 matmul
+    about 45x slower than float32 (the NF4 weights and the results are the same)."""
+    import torch
+
+    return "bfloat16" if torch.cuda.is_available() else "float32"
 
 
 def _free_port() -> int:

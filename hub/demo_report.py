@@ -29,7 +29,7 @@ def _loss_chart(work: Path, runs: dict[str, dict[str, Any]]) -> bytes:
             if event.get("kind") == "step" and "loss" in event:
                 steps.append(event["step"])
                 losses.append(event["loss"])
-        ax.plot(steps, losses, label=f"{task} ({info['team']})")
+        ax.plot(steps, losses, label=f"{info['adapter']} ({task}, letters {info['letters']})")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
@@ -74,15 +74,17 @@ def write_report(work: Path, summary: dict[str, Any]) -> Path:
     """Write ``<work>/report.html`` (self-contained: charts embedded as PNG data URIs)."""
     st = summary["stages"]
     train, fed, base = st["train"], st["federated"], st["base"]
-    tasks = list(fed["merged_accuracy"])
+    steps = summary["recipe"]["steps"]
+    teams = [t for t, v in train.items() if isinstance(v, dict)]
     accuracy = [
-        [
-            f"{t} ({train[t]['team']})",
-            *[f"{train[t]['accuracy']:.0%}" if t == col else "" for col in tasks],
-        ]
-        for t in tasks
+        [f"team {t} alone ({train[t]['adapter']}, words over {train[t]['letters']})", steps,
+         f"{train[t]['accuracy']:.0%}"]
+        for t in teams
+    ]  # fmt: skip
+    accuracy += [
+        [f"merged, round {x['round']} (ffa, CKKS)", x["steps_per_team"], f"{x['accuracy']:.0%}"]
+        for x in fed["rounds"]
     ]
-    accuracy.append(["merged (ffa, CKKS)", *[f"{fed['merged_accuracy'][c]:.0%}" for c in tasks]])
     answers = st["serve"]["answers"]
     words = list(next(iter(answers.values())))
     served = [[f"{w}:", *[answers[m][w] for m in answers]] for w in words]
@@ -94,6 +96,11 @@ th{{background:#f3f3f3}}code{{background:#f6f6f6}}</style></head><body>
 <h1>qlora-hub demo</h1>
 <p>Work directory <code>{html.escape(summary["workdir"])}</code>; total {
         summary["total_seconds"]:.0f} s.</p>
+<p>Browse these adapters, their readers, the audit log and the training runs in the web
+console (docs/console.md): run <code>qlora-hub --home {html.escape(str(work / "home"))}
+ui --team alpha --runs {html.escape(str(work / "runs"))}
+--base {html.escape(str(work / "base-nf4"))}</code> and open the login URL it prints
+(<a href="http://127.0.0.1:8080/">http://127.0.0.1:8080/</a>).</p>
 <h2>Base footprint</h2>
 {
         _table(
@@ -108,9 +115,12 @@ th{{background:#f3f3f3}}code{{background:#f6f6f6}}</style></head><body>
         )
     }
 <h2>Training loss</h2>
-<img alt="training loss" src="{_png_data_uri(_loss_chart(work, {t: train[t] for t in tasks}))}">
+<img alt="training loss" src="{_png_data_uri(_loss_chart(work, {t: train[t] for t in teams}))}">
 <h2>Held-out exact match</h2>
-{_table(["adapter", *tasks], accuracy)}
+<p>Task <code>{html.escape(fed["task"])}</code>; each team trains only on words over its half
+of the alphabet; every adapter is scored on both teams' held-out words (the union). Each
+federated round after the first trains both teams further from the previous merge.</p>
+{_table(["adapter", "training steps per team", "exact match, union"], accuracy)}
 <h2>Served answers</h2>
 {_table(["prompt", *answers], served)}
 <h2>Timings</h2>
