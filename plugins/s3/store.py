@@ -57,6 +57,9 @@ def parse_url(url: str) -> tuple[str, str]:
 class S3BlobStore:
     """Blobs as objects ``<prefix>/<key>`` in one bucket (see the module docstring)."""
 
+    page_size = 1000
+    """Keys per ListObjectsV2 page (S3's own maximum)."""
+
     def __init__(self, url: str, settings: Any) -> None:
         import boto3
         from botocore.config import Config
@@ -206,14 +209,14 @@ class S3BlobStore:
         self._call(key, self.client.delete_object, Key=self._name(key))
 
     def keys(self, prefix: str) -> list[str]:
-        """Keys under ``prefix``, sorted; ListObjectsV2 page by page (1,000 keys a page)."""
+        """Keys under ``prefix``, sorted; ListObjectsV2 page by page (``page_size`` keys a page)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         start = self.prefix + prefix
         out: list[str] = []
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=start
+                Bucket=self.bucket, Prefix=start, PaginationConfig={"PageSize": self.page_size}
             )
             for page in pages:
                 out.extend(item["Key"][len(self.prefix) :] for item in page.get("Contents", ()))

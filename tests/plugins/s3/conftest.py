@@ -1,7 +1,7 @@
 """A real S3 API on loopback for the s3 plugin's tests.
 
-By default a session-wide moto server (``moto.server.ThreadedMotoServer``)
-listens on 127.0.0.1 at a free port. Set ``QLORA_HUB_S3_TEST_URL`` to an
+By default a session-wide moto server (``python -m moto.server``, in a child
+process) listens on 127.0.0.1 at a free port. Set ``QLORA_HUB_S3_TEST_URL`` to an
 endpoint (MinIO: ``http://127.0.0.1:9000``; AWS: ``https://s3.us-east-1.amazonaws.com``)
 to run the same tests there, with credentials from the standard AWS
 variables and the bucket ``QLORA_HUB_S3_TEST_BUCKET`` (default
@@ -11,7 +11,6 @@ random prefix.
 
 from __future__ import annotations
 
-import logging
 import os
 import uuid
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from hub import teams
+from plugins.s3.bench import local_moto
 
 TEST_URL_ENV = "QLORA_HUB_S3_TEST_URL"
 TEST_BUCKET_ENV = "QLORA_HUB_S3_TEST_BUCKET"
@@ -64,14 +64,9 @@ def s3_endpoint():
             if k in os.environ
         }
         endpoint = external
-    else:
-        from moto.server import ThreadedMotoServer
-
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
+    else:  # its own process: the server's Python does not share a GIL with the tests
+        server = local_moto()
+        endpoint = server.__enter__()
         env = {
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
@@ -88,7 +83,7 @@ def s3_endpoint():
         client.create_bucket(Bucket=ep.bucket)
     yield ep
     if server is not None:
-        server.stop()
+        server.__exit__(None, None, None)
 
 
 @pytest.fixture(autouse=True)
