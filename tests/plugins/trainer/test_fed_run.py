@@ -32,7 +32,8 @@ def fed_run(tmp_path_factory: pytest.TempPathFactory, embedded_base: Path) -> di
     args += ["--out", str(root / "out")]
     result = CliRunner().invoke(make_cli(hub), args, obj=hub)
     assert result.exit_code == 0, (result.output, result.exception)
-    lines = [json.loads(x) for x in result.output.splitlines() if x.startswith("{")]
+    # stdout and stderr are mixed here (progress bars end in \r): take each line's JSON object
+    lines = [json.loads(x[x.index('{"') :]) for x in result.output.splitlines() if '{"' in x]
     return {"out": root / "out", "lines": lines}
 
 
