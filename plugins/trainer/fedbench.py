@@ -168,9 +168,9 @@ def plot(result: dict[str, Any], out: Path) -> None:
 @click.option("--base", type=click.Path(exists=True, path_type=Path), default=None,
               help="Base to train on [the embedded base, built in a temp directory].")  # fmt: skip
 @click.option("--rounds", type=int, default=5, show_default=True)
-@click.option("--steps", type=int, default=40, show_default=True, help="Steps per team per round.")
-@click.option("--lr", type=float, default=8e-3, show_default=True)
-@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--steps", type=int, default=60, show_default=True, help="Steps per team per round.")
+@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--compute-dtype", default="float32", show_default=True,
               help="NF4 compute dtype of the embedded base (float32: fast on CPUs without bf16).")  # fmt: skip
 @click.option("--r", "r", type=int, default=16, show_default=True)
