@@ -179,7 +179,7 @@ def _train(
     from transformers import TrainingArguments
 
     from hub.models import load_base
-    from plugins.paged.factories import describe_optimizer
+    from hub.optim import describe_optimizer
     from plugins.trainer.batches import make_collator, make_dataset
     from plugins.trainer.checkpoint import make_trainer_class
     from plugins.trainer.events import make_event_callback, plot_loss
@@ -320,7 +320,7 @@ def _train(
     if eval_rows:
         metrics["eval_loss"] = float(trainer.evaluate()["eval_loss"])
     events.finish(trainer.state.global_step)
-    opt_info = describe_optimizer(trainer.optimizer)
+    opt_info = describe_optimizer(factory, trainer.optimizer)
     account = memory_account(model, trainer.optimizer, opts.r)
     result = TrainResult(
         run_dir=run_dir,
