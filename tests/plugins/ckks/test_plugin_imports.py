@@ -44,5 +44,6 @@ def test_ckks_and_plain_import_no_other_plugin() -> None:
     assert imported_plugins("plain") == set()
 
 
-def test_trainer_imports_neither_aggregator_plugin() -> None:
-    assert not imported_plugins("trainer") & {"ckks", "plain"}
+def test_trainer_imports_no_other_plugin() -> None:
+    # fed run / bench fed-accuracy reach aggregators through the hub's registry
+    assert imported_plugins("trainer") == set()
