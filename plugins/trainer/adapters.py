@@ -45,9 +45,7 @@ def resolve_adapter(
             "pass --team or set QLORA_HUB_TEAM"
         )
     store = open_store(hub, settings, storage, team=team)
-    payload = store.pull(AdapterRef.parse(text), team=team)
-    hub.pm.hook.adapter_loaded(ref=payload.ref, team=team, where="cli")
-    return payload
+    return store.pull(AdapterRef.parse(text), team=team)  # the core fires adapter_loaded
 
 
 def base_of(payload: AdapterPayload, given: str | None) -> str:
