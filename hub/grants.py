@@ -26,14 +26,14 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from hub.errors import AccessError, IntegrityError
 from hub.identity import Identity, PublicIdentity, verify
-from hub.names import TEAM_NAME
+from hub.names import ADAPTER_NAME, TEAM_NAME
 
 RECORD_FORMAT = "qlora-hub-record/1"
 CONTEXT = "name-record"
@@ -214,12 +214,12 @@ def _apply(state: NameState, rec: dict[str, Any]) -> str | None:
 
 
 def replay(
-    blobs: Sequence[bytes],
+    blobs: Iterable[bytes],
     public_of: Callable[[str], PublicIdentity],
     verified: set[tuple[str, str]] | None = None,
     trusted_upto: int = -1,
 ) -> NameState:
-    """Verify a name's records (stored bytes, ``seq`` order) and return its state.
+    """Verify a name's records (stored bytes, ``seq`` order; read lazily) and return its state.
 
     ``public_of(team)`` gives the owner's trusted public key; ``verified``
     (optional, kept by the caller) remembers (fingerprint, blob SHA-256) pairs
@@ -235,8 +235,6 @@ def replay(
         AccessError: the owner is not trusted, or the records were signed by
             another key of the owner than the one trusted.
     """
-    if not blobs:
-        raise IntegrityError("an adapter name has no signed records")
     state: NameState | None = None
     public: PublicIdentity | None = None
     prev = fingerprint = ""
@@ -248,6 +246,8 @@ def replay(
         if state is None:
             if rec.get("action") != "claim" or not _team(rec.get("owner")):
                 raise _bad(str(name), seq, "the first record must claim the name")
+            if not isinstance(name, str) or not ADAPTER_NAME.fullmatch(name) or ".." in name:
+                raise _bad(str(name)[:80], seq, "not a valid adapter name")
             public = public_of(rec["owner"])
             fingerprint = public.fingerprint  # computed once: it hashes the public JSON
             if fingerprint != rec.get("owner_fingerprint"):
@@ -267,5 +267,6 @@ def replay(
         if seq and (why := _apply(state, rec)):
             raise _bad(state.name, seq, why)
         state.seq, state.head, prev = seq, sha, sha
-    assert state is not None
+    if state is None:
+        raise IntegrityError("an adapter name has no signed records")
     return state

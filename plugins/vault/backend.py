@@ -109,7 +109,7 @@ class Vault:
         self._identities: dict[str, Identity] = {}
         self._trust = TrustCache(self.home)  # parsed public keys of other teams
         self.records = NameRecords(self.blobs, self._public_of, self.home / "pins")
-        self._manifests: dict[str, dict[str, Any]] = {}  # manifest SHA-256 -> parsed manifest
+        self._manifests: dict[tuple[str, str], dict[str, Any]] = {}  # (SHA-256, signer) -> parsed
         self._data_keys: dict[tuple[str, str, int, bytes], bytes] = {}
 
     def __repr__(self) -> str:
@@ -187,10 +187,13 @@ class Vault:
         key = self._key(grant.object_id, "manifest")
         mblob = get_bounded(self.blobs, key, MAX_MANIFEST_BYTES)
         sha = hashlib.sha256(mblob).hexdigest()
-        if sha == grant.manifest_sha256 and sha in self._manifests:
-            return self._manifests[sha]  # these exact bytes verified before
-        manifest, sig = objects.read_manifest(mblob)
-        objects.verify_manifest(self._public_of(state.owner), manifest, sig)
+        # These exact bytes verified before under the owner's key; the binding to this
+        # name, version and owner is still checked below (another name may point here).
+        manifest = self._manifests.get((sha, state.owner_fingerprint))
+        if manifest is None:
+            manifest, sig = objects.read_manifest(mblob)
+            objects.verify_manifest(self._public_of(state.owner), manifest, sig)
+            objects.check_shape(manifest)
         if (
             sha != grant.manifest_sha256
             or manifest.get("name") != state.name
@@ -202,7 +205,7 @@ class Vault:
                 f"manifest of {state.name}@{version} belongs to another object: it does not "
                 "match the owner's signed record"
             )
-        self._manifests[sha] = manifest
+        self._manifests[(sha, state.owner_fingerprint)] = manifest
         return manifest
 
     def _data_key(self, state: NameState, version: int, team: str) -> bytes:

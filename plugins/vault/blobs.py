@@ -28,6 +28,8 @@ from hub.errors import IntegrityError
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+MAX_DEPTH = 16
+"""Folders a key may have (``objects/<id>/keys/<team>`` has three); deeper trees are refused."""
 
 
 class FileBlobStore:
@@ -232,6 +234,11 @@ class FileBlobStore:
         return sorted(out)
 
     def _walk(self, folder: int, parts: list[str], out: list[str]) -> None:
+        if len(parts) > MAX_DEPTH:  # keys are a few folders deep; a planted tree is refused
+            raise IntegrityError(
+                f"blob folder {'/'.join(parts[:3])}/... in {self.url} is nested over {MAX_DEPTH} "
+                "deep: the vault was altered outside qlora-hub; remove it"
+            )
         with os.scandir(folder) as entries:
             for entry in entries:
                 key = "/".join([*parts, entry.name])

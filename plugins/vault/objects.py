@@ -221,6 +221,26 @@ def read_manifest(blob: bytes) -> tuple[dict[str, Any], bytes]:
     return manifest, sig
 
 
+def check_shape(manifest: dict[str, Any]) -> None:
+    """Refuse a signed manifest whose fields readers index (``files``, ``created``) are
+    malformed: a trusted team may sign anything, and a reader must fail in one line."""
+    files = manifest.get("files")
+    ok = isinstance(manifest.get("created"), str) and isinstance(files, list) and bool(files)
+    for f in files if ok else ():
+        if not (
+            isinstance(f, dict)
+            and isinstance(f.get("name"), str)
+            and type(f.get("size")) is int
+            and f["size"] >= 0
+            and isinstance(f.get("sha256"), str)
+            and len(f["sha256"]) == 64
+        ):
+            ok = False
+            break
+    if not ok:
+        raise IntegrityError("manifest is malformed (files or created): its publisher signed junk")
+
+
 def verify_manifest(public: PublicIdentity, manifest: dict[str, Any], signature: bytes) -> None:
     """Check the publisher's signature over the manifest; raises IntegrityError."""
     verify(public, canonical(manifest), signature, "manifest")

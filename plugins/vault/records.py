@@ -55,7 +55,7 @@ class NameRecords:
         found = {k.split("/")[1] for k in self.blobs.keys("names/")}
         return sorted(n for n in found if ADAPTER_NAME.fullmatch(n) and n == collision_key(n))
 
-    def _blobs(self, name: str) -> list[bytes]:
+    def _keys(self, name: str) -> list[str]:
         prefix = self.prefix(name)
         keys = self.blobs.keys(prefix)
         seqs = [k[len(prefix) :] for k in keys]
@@ -66,25 +66,35 @@ class NameRecords:
                 f"signed records of adapter {name!r} have gaps or foreign files: the storage "
                 "was altered outside qlora-hub"
             )
-        return [get_bounded(self.blobs, k, MAX_RECORD_BYTES) for k in keys]
+        return keys
+
+    def _read(self, key: str) -> bytes:
+        return get_bounded(self.blobs, key, MAX_RECORD_BYTES)
 
     def load(self, name: str) -> NameState | None:
         """The verified state of ``name`` (None: no team ever published it)."""
-        blobs = self._blobs(name)
+        keys = self._keys(name)
         pinned = self._pin(name)
         if pinned is not None:
             seq, head = pinned
-            if len(blobs) <= seq or digest(blobs[seq]) != head:
+            if len(keys) <= seq or digest(self._read(keys[seq])) != head:
                 raise IntegrityError(
                     f"signed records of adapter {name!r} were rolled back or replaced (this home "
                     f"verified record {seq} before): the storage was altered outside qlora-hub; "
                     "restore it from a backup"
                 )
-        if not blobs:
+        if not keys:
             return None
         # The pinned prefix was verified by this home and its last record's bytes are
         # unchanged (checked above), so a fresh process re-checks only links there.
+        # Records are read one at a time as replay goes: planted ones stop it at the first.
+        blobs = (self._read(k) for k in keys)
         state = replay(blobs, self.public_of, self._verified, pinned[0] if pinned else -1)
+        if collision_key(state.name) != collision_key(name):  # records copied from another name
+            raise IntegrityError(
+                f"signed records stored under adapter {name!r} are those of {state.name!r}: "
+                "the storage was altered outside qlora-hub"
+            )
         if pinned is None or state.seq > pinned[0]:
             self._write_pin(name, state)
         return state
