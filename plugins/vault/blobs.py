@@ -244,6 +244,10 @@ class FileBlobStore:
                 key = "/".join([*parts, entry.name])
                 if entry.is_symlink():
                     raise self._refused(key)
+                try:  # no blob can have this key (a planted README, a temp file): not listed
+                    check_key(key)
+                except ValueError:
+                    continue
                 if entry.is_dir(follow_symlinks=False):
                     sub = os.open(entry.name, _DIR_FLAGS, dir_fd=folder)
                     try:

@@ -52,7 +52,9 @@ def store(
     ident = vault.identity(team, "sign")
     with vault.index.write() as db:  # reserve the version number (never reused)
         state = _claimed(vault, name, ident)
-        version = max(state.last_version, vault.index.last_version(db, name)) + 1
+        # Not the index's last_version: a vault writer could set it to 2**32 and break
+        # every push; the reservation blobs below skip numbers taken by pushes in flight.
+        version = state.last_version + 1
         version = vault.records.reserve_version(name, version)  # atomic across machines too
         vault.index.reserve(db, name, team, version)
         base = readers if readers is not None else state.next_readers()

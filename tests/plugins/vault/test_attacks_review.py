@@ -202,3 +202,34 @@ def test_many_planted_records_are_refused_before_they_are_all_read(world):
         tracemalloc.stop()
     assert peak < 8 << 20, f"{peak:,} bytes allocated"
     assert ref.version == 1
+
+
+def _sql(root, statement, *args):
+    import sqlite3
+
+    db = sqlite3.connect(root / "index.sqlite")
+    with db:
+        db.execute(statement, args)
+    db.close()
+
+
+def test_a_huge_last_version_in_the_index_does_not_break_the_owners_pushes(world):
+    """beta sets the index's last_version to 2**32 - 1: alpha's next push still gets the
+    next number the signed records allow (the index is a cache, not an input)."""
+    root, _, v = world
+    v["alpha"].push(sample_adapter("upper", 1))
+    _sql(root, "UPDATE names SET last_version = 4294967295")
+    assert v["alpha"].push(sample_adapter("upper", 2)).version == 2
+    assert v["alpha"].pull(AdapterRef("upper")).files == sample_adapter("upper", 2).files
+
+
+def test_a_foreign_file_in_an_object_folder_does_not_break_delete(world):
+    """beta drops `README` (no valid blob key) into alpha's object folder: alpha's delete
+    still removes the version and every blob of it, in one piece."""
+    root, _, v = world
+    ref = v["alpha"].push(sample_adapter("upper", 1))
+    oid = v["alpha"].state("upper").versions[1].object_id
+    (root / "blobs" / "objects" / oid / "README").write_text("hi")
+    v["alpha"].delete(ref)
+    assert v["alpha"].state("upper").live() == []
+    assert v["alpha"].blobs.keys(f"objects/{oid}/") == []
