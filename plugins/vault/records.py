@@ -75,9 +75,12 @@ class NameRecords:
         """The verified state of ``name`` (None: no team ever published it)."""
         keys = self._keys(name)
         pinned = self._pin(name)
+        checked: dict[int, bytes] = {}
         if pinned is not None:
             seq, head = pinned
-            if len(keys) <= seq or digest(self._read(keys[seq])) != head:
+            if len(keys) > seq:
+                checked[seq] = self._read(keys[seq])
+            if seq not in checked or digest(checked[seq]) != head:
                 raise IntegrityError(
                     f"signed records of adapter {name!r} were rolled back or replaced (this home "
                     f"verified record {seq} before): the storage was altered outside qlora-hub; "
@@ -88,7 +91,8 @@ class NameRecords:
         # The pinned prefix was verified by this home and its last record's bytes are
         # unchanged (checked above), so a fresh process re-checks only links there.
         # Records are read one at a time as replay goes: planted ones stop it at the first.
-        blobs = (self._read(k) for k in keys)
+        # The pinned record is the one read above, never a second read a writer could swap.
+        blobs = (checked.get(i) or self._read(k) for i, k in enumerate(keys))
         state = replay(blobs, self.public_of, self._verified, pinned[0] if pinned else -1)
         if collision_key(state.name) != collision_key(name):  # records copied from another name
             raise IntegrityError(

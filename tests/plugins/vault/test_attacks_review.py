@@ -233,3 +233,50 @@ def test_a_foreign_file_in_an_object_folder_does_not_break_delete(world):
     v["alpha"].delete(ref)
     assert v["alpha"].state("upper").live() == []
     assert v["alpha"].blobs.keys(f"objects/{oid}/") == []
+
+
+class _SwapsOnReread:
+    """The vault folder as beta changes it while alpha reads: every read of ``key`` after
+    the first returns ``forged`` (the window between the pin check and the replay)."""
+
+    def __init__(self, inner, key, forged):
+        self.inner, self.key, self.forged, self.reads = inner, key, forged, 0
+        self.url = inner.url
+
+    def keys(self, prefix):
+        return self.inner.keys(prefix)
+
+    def get(self, key, limit=None):
+        if key == self.key:
+            self.reads += 1
+            if self.reads > 1:
+                return self.forged
+        return self.inner.get(key, limit=limit)
+
+
+def test_the_pinned_record_cannot_be_swapped_between_pin_check_and_replay(world):
+    """A home skips the signature of records it pinned; beta swaps the pinned record for
+    one granting itself access right after the pin check: the checked bytes are used."""
+    from hub.grants import digest
+
+    root, homes, v = world
+    v["alpha"].push(sample_adapter("upper", 1))
+    grant = v["alpha"].state("upper").versions[1]
+    claim = v["alpha"].blobs.get("names/upper/00000000")
+    record = {
+        "format": "qlora-hub-record/1",
+        "name": "upper",
+        "seq": 1,
+        "prev": digest(claim),
+        "owner": "alpha",
+        "action": "publish",
+        "time": "2026-01-01T00:00:00+00:00",
+        "version": 1,
+        "object_id": grant.object_id,
+        "manifest_sha256": grant.manifest_sha256,
+        "readers": ["alpha", "beta"],
+    }
+    forged = sign_record(v["beta"].identity("beta", "sign"), record)
+    fresh = Vault(root, home=homes["alpha"], team="alpha")  # a new process: pin from disk
+    fresh.records.blobs = _SwapsOnReread(fresh.blobs, "names/upper/00000001", forged)
+    assert fresh.state("upper").readers(1) == {"alpha"}
