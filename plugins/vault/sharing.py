@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from hub.blobs import check_key
 from hub.errors import UnknownNameError, ValidationError
 from hub.grants import NameState
 from hub.teams import trusted
@@ -116,4 +117,13 @@ def delete(vault: Vault, ref: AdapterRef, team: str) -> None:
     for v in versions:
         oid = state.versions[v].object_id
         for key in vault.blobs.keys(f"objects/{oid}/"):
-            vault.blobs.delete(key)
+            if _blob_key(key):  # a planted file no blob can be named is left, not a crash
+                vault.blobs.delete(key)
+
+
+def _blob_key(key: str) -> bool:
+    try:
+        check_key(key)
+    except ValueError:
+        return False
+    return True

@@ -325,3 +325,28 @@ def test_a_payload_truncated_while_mapped_is_a_one_line_refusal_not_a_crash(worl
     )
     assert child.returncode == 0, f"killed by signal {-child.returncode}: {child.stderr[-300:]}"
     assert child.stdout.startswith("IntegrityError")
+
+
+class _ListsPlantedKey:
+    """A blob store that lists every key it holds, valid or not, as S3 does: beta put an
+    object named `objects/<id>/README` in the bucket."""
+
+    def __init__(self, inner, planted):
+        self.inner, self.planted, self.url = inner, planted, inner.url
+
+    def __getattr__(self, attr):
+        return getattr(self.inner, attr)
+
+    def keys(self, prefix):
+        extra = [self.planted] if self.planted.startswith(prefix) else []
+        return sorted(self.inner.keys(prefix) + extra)
+
+
+def test_a_listed_key_no_blob_can_have_does_not_break_delete_on_any_store(world):
+    root, _, v = world
+    ref = v["alpha"].push(sample_adapter("upper", 1))
+    oid = v["alpha"].state("upper").versions[1].object_id
+    v["alpha"].blobs = _ListsPlantedKey(v["alpha"].blobs, f"objects/{oid}/README")
+    v["alpha"].delete(ref)
+    assert v["alpha"].state("upper").live() == []
+    assert v["alpha"].blobs.inner.keys(f"objects/{oid}/") == []
