@@ -13,7 +13,7 @@ from litestar import Litestar, MediaType, Request, Response, delete, get, post
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 
-from server.api import APIError, chat_completions, completions, list_models, not_found
+from server.api import APIError, chat_completions, completions, get_model, list_models, not_found
 from server.cache import AdapterUnavailable, CacheBusy, StorageUnavailable
 from server.errors import storage_unavailable
 from server.state import ServerState, build_state
@@ -74,7 +74,9 @@ async def adapters_load(request: Request, name: str) -> dict[str, Any]:
     srv.admin(request)
     try:
         entry = await anyio.to_thread.run_sync(srv.cache.load, name)
-    except AdapterUnavailable:
+    except AdapterUnavailable as exc:
+        if len(exc.args) > 1:  # refused when loaded: an admin is told why
+            raise APIError(422, f"adapter {exc.args[0]} refused: {exc.args[1]}") from None
         raise not_found(name) from None
     except CacheBusy as exc:
         raise APIError(503, str(exc), headers={"Retry-After": "1"}) from None
@@ -149,6 +151,7 @@ def create_app(state: ServerState, hub: Any = None, *, max_body_bytes: int = 1 <
     app = Litestar(
         route_handlers=[
             list_models,
+            get_model,
             completions,
             chat_completions,
             adapters_list,

@@ -228,7 +228,7 @@ class AdapterCache:
                 extra={"adapter": str(ref), "reason": str(exc)},
             )
             self.on_event("refused")
-            raise AdapterUnavailable(str(ref)) from None
+            raise AdapterUnavailable(str(ref), str(exc)) from None  # args[1]: why, for admins
         nbytes = payload.nbytes
         with self._cond:
             self._make_room(nbytes)
@@ -246,7 +246,7 @@ class AdapterCache:
         )
 
     def _verify(self, payload: AdapterPayload, ref: AdapterRef) -> None:
-        """Name, file hashes in the manifest (when present), base, and ``validate_adapter`` policy."""
+        """Name, file hashes in the manifest (when present), and base."""
         if payload.name != ref.name:
             raise ValidationError(f"storage returned {payload.name!r} for {ref}")
         hashes = payload.manifest.get("files") if isinstance(payload.manifest, dict) else None
@@ -266,11 +266,7 @@ class AdapterCache:
                 f"{ref}: trained on another base ({recorded[:12]}); this server serves "
                 f"{self.base_fingerprint[:12]}: retrain or re-import it with --base for this base"
             )
-        problems = [
-            p for ps in self.hub.pm.hook.validate_adapter(adapter=payload) or [] for p in ps or []
-        ]
-        if problems:
-            raise ValidationError(f"{ref}: " + "; ".join(problems))
+        # validate_adapter policy already ran once in the core's pull (hub.adapters)
 
     def _make_room(self, nbytes: int) -> None:
         """Evict LRU unpinned entries until one more of ``nbytes`` fits; waits while all are pinned."""

@@ -38,6 +38,7 @@ class ServerState:
     base_fingerprint: str
     started: int = field(default_factory=lambda: int(time.time()))
     ready: bool = True
+    unknown_fields: str = "reject"  # "ignore": request fields that are no OpenAI field pass
     admission: Admission = field(init=False)
 
     def __post_init__(self) -> None:
@@ -169,4 +170,5 @@ def build_state(
         max_tokens_cap=s("serve.max_tokens_cap"),
         request_timeout_s=s("serve.request_timeout_s"),
         base_fingerprint=base.fingerprint,
+        unknown_fields=s("serve.unknown_fields"),
     )
