@@ -37,7 +37,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, type]]] = {
     "quantize": {
         "method": ("nf4", str),
         "double_quant": (True, bool),
-        "compute_dtype": ("bfloat16", str),
+        "compute_dtype": ("auto", str),  # bfloat16 on GPUs and bf16 CPUs, else float32
         "quant_storage": ("uint8", str),
     },
     "train": {

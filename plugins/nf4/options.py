@@ -23,7 +23,8 @@ class QuantOptions:
     double_quant: bool = True
     """Quantize the per-block absmax scales to 8 bits (blocks of 256) as QLoRA does."""
     compute_dtype: str = "bfloat16"
-    """dtype of the matmul inputs and of every layer left unquantized."""
+    """dtype of the matmul inputs and of every layer left unquantized (``auto``:
+    :func:`hub.models.default_compute_dtype`)."""
     quant_storage: str = "uint8"
     """dtype the packed 4-bit weights are stored as (``bfloat16`` for FSDP-QLoRA)."""
     skip_modules: tuple[str, ...] = field(default_factory=tuple)
@@ -58,6 +59,10 @@ def parse_options(
         ValidationError: one message listing every problem found.
     """
     given = {k: v for k, v in dict(options or {}).items() if v is not None}
+    if given.get("compute_dtype") == "auto":  # the setting's default
+        from hub.models import default_compute_dtype
+
+        given["compute_dtype"] = default_compute_dtype()
     problems = []
     for key in sorted(set(given) - set(supported)):
         problems.append(f"unknown option {key!r} (known: {', '.join(supported)})")
