@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import mmap
 import os
 import stat
 from pathlib import Path
@@ -177,14 +176,22 @@ class FileBlobStore:
             return fh.read(size if limit is not None else -1)
 
     def view(self, key: str) -> memoryview:
-        """A read-only memory map of the blob (no copy; used for large payloads)."""
-        fd = self._open_file(key)
-        try:
-            if os.fstat(fd).st_size == 0:
-                return memoryview(b"")
-            return memoryview(mmap.mmap(fd, 0, access=mmap.ACCESS_READ))
-        finally:
-            os.close(fd)
+        """The blob read into one buffer of its size (used for large payloads).
+
+        Not a memory map: a writer of the store who truncates a mapped file kills the
+        reading process with SIGBUS (a server would go down for every team). A file
+        that shrinks while it is read gives a short buffer, which decryption refuses.
+        """
+        with os.fdopen(self._open_file(key), "rb", buffering=0) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            buf = memoryview(bytearray(size))
+            got = 0
+            while got < size:
+                n = fh.readinto(buf[got:])
+                if not n:
+                    break
+                got += n
+            return buf[:got]
 
     def exists(self, key: str) -> bool:
         """Whether the blob is a regular file (a link is refused)."""

@@ -299,19 +299,16 @@ def view(key):  # beta truncates the payload in place right after alpha mapped i
 
 vault.blobs.view = view
 try:
-    vault.pull(AdapterRef("upper"))
+    files = vault.pull(AdapterRef("upper")).files
+    print("ok", sum(len(b) for b in files.values()))
 except Exception as exc:
     print(type(exc).__name__, exc)
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pull maps the payload (mmap) for speed; a vault writer who truncates the file in "
-    "place during a pull kills the reading process with SIGBUS (a server goes down for every "
-    "team). Fix: read the payload into memory (or handle SIGBUS), weighed against `bench vault`",
-)
-def test_a_payload_truncated_while_mapped_is_a_one_line_refusal_not_a_crash(world):
+def test_a_payload_truncated_during_a_pull_is_harmless_not_a_crash(world):
+    """The payload is read into memory, not mapped: truncating it in place mid-pull
+    (SIGBUS on a mapped file) leaves the reader alive with the signed bytes or a refusal."""
     import subprocess
     import sys
 
@@ -324,7 +321,7 @@ def test_a_payload_truncated_while_mapped_is_a_one_line_refusal_not_a_crash(worl
         timeout=120,
     )
     assert child.returncode == 0, f"killed by signal {-child.returncode}: {child.stderr[-300:]}"
-    assert child.stdout.startswith("IntegrityError")
+    assert child.stdout.startswith(("ok", "IntegrityError")), child.stdout
 
 
 class _ListsPlantedKey:
