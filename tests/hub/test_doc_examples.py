@@ -23,7 +23,8 @@ from qlora_hub_minimal.quantizer import Bf16Quantizer  # noqa: E402
 
 class TestMinimalQuantizer(QuantizerContract):
     @pytest.fixture(scope="class")
-    def quantizer(self):
+    @classmethod
+    def quantizer(cls):
         return Bf16Quantizer()
 
 
