@@ -18,7 +18,9 @@ def test_tampered_adapter_is_refused_with_404_and_never_loaded(
         team="alpha",
         share_with=["server"],
     )
-    weights = live_server.store.root / "tampered" / str(ref.version) / "adapter_model.safetensors"
+    weights = (
+        live_server.store.backend.root / "tampered" / str(ref.version) / "adapter_model.safetensors"
+    )
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
@@ -33,7 +35,8 @@ def test_tampered_adapter_is_refused_with_404_and_never_loaded(
     assert resp.status_code == 404
     assert all(e["name"] != "tampered" for e in live_server.state.cache.info())
     assert any(
-        r.getMessage() == "adapter refused" and r.adapter == "tampered@1" for r in caplog.records
+        r.getMessage().startswith("adapter tampered@1 refused: ") and r.adapter == "tampered@1"
+        for r in caplog.records
     )
 
 
