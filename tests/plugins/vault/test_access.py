@@ -11,19 +11,6 @@ from hub.types import AdapterRef
 from plugins.vault.backend import Vault
 
 
-@pytest.fixture
-def world(tmp_path):
-    """alpha and beta each with their own home, trusting each other, over one vault root."""
-    root = tmp_path / "shared-vault"
-    homes = {t: tmp_path / t for t in ("alpha", "beta")}
-    for t, h in homes.items():
-        teams.create_team(h, t, passphrase=None)
-    teams.trust(homes["alpha"], teams.export_public(homes["beta"], "beta"))
-    teams.trust(homes["beta"], teams.export_public(homes["alpha"], "alpha"))
-    vaults = {t: Vault(root, home=h, team=t, chunk_size=4096) for t, h in homes.items()}
-    return root, homes, vaults
-
-
 def test_shared_adapter_pulls_in_the_other_home(world):
     _, _, v = world
     ref = v["alpha"].push(sample_adapter("upper"))

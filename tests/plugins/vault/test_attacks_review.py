@@ -13,26 +13,12 @@ import shutil
 
 import pytest
 
-from hub import teams
 from hub.errors import HubError, IntegrityError
 from hub.grants import claim_record, sign_record
 from hub.testing.storage import sample_adapter
 from hub.types import AdapterRef
 from plugins.vault import objects
 from plugins.vault.backend import Vault
-
-
-@pytest.fixture
-def world(tmp_path):
-    """alpha and beta in their own homes, trusting each other, over one vault root."""
-    root = tmp_path / "shared-vault"
-    homes = {t: tmp_path / t for t in ("alpha", "beta")}
-    for t, h in homes.items():
-        teams.create_team(h, t, passphrase=None)
-    teams.trust(homes["alpha"], teams.export_public(homes["beta"], "beta"))
-    teams.trust(homes["beta"], teams.export_public(homes["alpha"], "alpha"))
-    vaults = {t: Vault(root, home=h, team=t, chunk_size=4096) for t, h in homes.items()}
-    return root, homes, vaults
 
 
 def _beta_claims(v, folder, name):

@@ -22,19 +22,6 @@ from hub.types import AdapterRef
 from plugins.vault.backend import Vault
 
 
-@pytest.fixture
-def world(tmp_path):
-    """alpha and beta in their own homes, trusting each other, over one vault root."""
-    root = tmp_path / "shared-vault"
-    homes = {t: tmp_path / t for t in ("alpha", "beta")}
-    for t, h in homes.items():
-        teams.create_team(h, t, passphrase=None)
-    teams.trust(homes["alpha"], teams.export_public(homes["beta"], "beta"))
-    teams.trust(homes["beta"], teams.export_public(homes["alpha"], "alpha"))
-    vaults = {t: Vault(root, home=h, team=t, chunk_size=4096) for t, h in homes.items()}
-    return root, homes, vaults
-
-
 def _sql(root, statement, *args):
     """What beta does with the sqlite3 shell: edit the index behind the vault's back."""
     db = sqlite3.connect(root / "index.sqlite")
