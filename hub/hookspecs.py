@@ -107,6 +107,20 @@ def register_routes(register):
 
 
 @hookspec
+def register_engines(register):
+    """Register execution engines: what runs the base model behind ``qlora-hub serve``.
+
+    :param register: callback ``register(name, factory)``; ``name`` is an identifier
+        unique across plugins (``serve --engine NAME``, setting ``serve.engine``) and
+        ``factory(hub, settings, source)`` returns an :class:`hub.engines.Engine`
+        (not yet started) for the base ``source`` (a checkpoint or Hugging
+        Face directory, or a loaded :class:`hub.models.LoadedBase`). Import heavy
+        libraries inside the factory.
+    :return: ignored.
+    """
+
+
+@hookspec
 def register_commands(cli):
     """Add command-line commands.
 

@@ -19,6 +19,7 @@ from typing import Any
 import pluggy
 
 from hub import PROJECT_NAME, __version__, hookspecs
+from hub.engines import EngineFactories
 from hub.errors import PluginError
 from hub.registry import Registry
 from hub.types import PROTOCOLS
@@ -96,6 +97,7 @@ class Hub:
         self.infos: dict[str, PluginInfo] = {}
         self._registries: dict[str, Registry] = {}
         self._routes: list[Any] | None = None
+        self._engines: EngineFactories | None = None
 
         candidates: list[tuple[str, Callable[[], Any], str, str, bool, str]] = []
         if builtins:
@@ -217,6 +219,19 @@ class Hub:
     def aggregators(self) -> Registry:
         return self.registry("aggregator")
 
+    @property
+    def engines(self) -> EngineFactories:
+        """Engine name -> factory, filled on first use by every ``register_engines``."""
+        if self._engines is None:
+            found = EngineFactories()
+            self._call_each(
+                "register_engines",
+                lambda plugin: lambda name, factory: found.register(name, factory, plugin=plugin),
+                order=list,
+            )
+            self._engines = found
+        return self._engines
+
     def routes(self) -> list[Any]:
         """Route handlers plugins add to the server, in registration order."""
         if self._routes is None:
@@ -254,6 +269,8 @@ class Hub:
                 for kind, reg in self._registries.items()
                 if reg.by_plugin(info.name)
             }
+            if self.engines.by_plugin(info.name):
+                registered["engine"] = self.engines.by_plugin(info.name)
             rows.append(
                 {
                     "name": info.name,

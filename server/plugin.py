@@ -158,6 +158,19 @@ def register_commands(cli: click.Group) -> None:
     cli.commands["bench"].add_command(bench_serve)
 
 
+def hf_engine(hub, settings, source):
+    """Factory of the built-in engine ``hf`` (imports torch and transformers when called)."""
+    from server.hf_engine import build_hf_engine
+
+    return build_hf_engine(hub, settings, source)
+
+
+@hookimpl
+def register_engines(register) -> None:
+    """The built-in engine ``hf``: transformers + gathered LoRA + continuous batching."""
+    register("hf", hf_engine)
+
+
 @hookimpl
 def register_routes(register) -> None:
     """The read-only operator page ``GET /ui`` (admin key) and its stylesheet."""
