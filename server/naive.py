@@ -27,6 +27,8 @@ class NaiveEngine:
         self._stop = False
         self._thread: threading.Thread | None = None
         self.active = 0
+        self.stop_at_eos = True
+        """False: every request makes exactly ``max_tokens`` tokens (benchmarks)."""
 
     def attach_from(self, cache: Any, names: list[str]) -> None:
         """Load ``names`` through ``cache`` (for slot numbers) and attach each to PEFT by name."""
@@ -38,6 +40,15 @@ class NaiveEngine:
             else:
                 self.hub.adapters["lora"].load(self.model, payload, name)
             self.names[entry.slot] = name
+        self.model.eval()
+
+    def attach(self, slot: int, payload: Any) -> None:
+        """Attach ``payload`` (an :class:`hub.types.AdapterPayload`) under ``slot`` by its name."""
+        if self.model is None:
+            self.model = self.hub.adapters["lora"].load(self.base, payload, payload.name)
+        else:
+            self.hub.adapters["lora"].load(self.model, payload, payload.name)
+        self.names[slot] = payload.name
         self.model.eval()
 
     @property
@@ -88,7 +99,7 @@ class NaiveEngine:
     def _one(self, req: GenRequest) -> None:
         import torch
 
-        ids = torch.tensor([req.prompt_ids])
+        ids = torch.tensor([req.prompt_ids], device=self.model.device)
         name = self.names.get(req.slot)
         kwargs = {
             "max_new_tokens": req.max_tokens,
@@ -96,6 +107,8 @@ class NaiveEngine:
             "eos_token_id": self.tokenizer.eos_token_id,
             "pad_token_id": 0,
         }
+        if not self.stop_at_eos:
+            kwargs.update(eos_token_id=None, min_new_tokens=req.max_tokens)
         if name is None:
             with self.model.disable_adapter():
                 out = self.model.generate(
@@ -105,7 +118,7 @@ class NaiveEngine:
             self.model.set_adapter(name)
             out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
         new = out[0, ids.shape[1] :].tolist()
-        req.first_token_at = time.monotonic()
+        req.first_token_at = req.last_token_at = time.monotonic()
         req.generated = new
         text = self.tokenizer.decode(
             [t for t in new if t != self.tokenizer.eos_token_id], skip_special_tokens=True
@@ -134,6 +147,7 @@ class NaiveEngine:
 
         prompts = [words[i % len(words)] + ":" for i in range(rows)]
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = batch.to(self.model.device)
         adapter_names = [names[i % len(names)] for i in range(rows)]
         with torch.no_grad():  # warm-up: the first adapter_names call builds its hooks
             self.model.generate(

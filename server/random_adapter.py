@@ -47,3 +47,41 @@ def random_lora_payload(
         AdapterPayload.WEIGHTS: save(state),
     }
     return AdapterPayload(name=name, files=files)
+
+
+def random_lora_for_shapes(
+    shapes: dict[str, tuple[int, int]],
+    name: str,
+    *,
+    seed: int,
+    r: int = 16,
+    std: float = 0.02,
+    targets: list[str] = TARGETS,
+) -> AdapterPayload:
+    """A PEFT LoRA payload built from layer shapes alone (no model load: fast on a 1B base).
+
+    ``shapes`` maps module names to ``(in, out)`` (:attr:`server.lora.LoRABank.shapes`);
+    every module whose last name part is in ``targets`` gets seeded random ``A`` and ``B``
+    under PEFT's tensor names, so both the gathered bank and PEFT load it.
+    """
+    import torch
+    from peft import LoraConfig
+    from safetensors.torch import save
+
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for module, (fan_in, fan_out) in sorted(shapes.items()):
+        if module.rpartition(".")[2] not in targets:
+            continue
+        key = f"base_model.model.{module}"
+        state[f"{key}.lora_A.weight"] = torch.randn(r, fan_in, generator=gen) / fan_in**0.5
+        state[f"{key}.lora_B.weight"] = torch.randn(fan_out, r, generator=gen) * std
+    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, lora_dropout=0.0)
+    cfg = config.to_dict()
+    cfg = {k: (sorted(v) if isinstance(v, set) else v) for k, v in cfg.items()}
+    cfg["base_model_name_or_path"] = None
+    files = {
+        AdapterPayload.CONFIG: json.dumps(cfg, indent=2, default=str).encode(),
+        AdapterPayload.WEIGHTS: save(state),
+    }
+    return AdapterPayload(name=name, files=files)

@@ -1,0 +1,405 @@
+"""The serving sections of ``qlora-hub bench gpu``, each run in its own process.
+
+``python -m server.bench_gpu SECTION BASE DEVICE SETTINGS_JSON OUT_JSON``; SECTION is one of
+
+- ``serve``: the batching engine driven directly (no HTTP, no Litestar): ``clients``
+  closed-loop clients, every request exactly ``max_tokens`` tokens (no end token), on one
+  adapter (``single1``), spread over 8 (``mixed8``) and over 32 adapters (``mixed32``);
+  scenarios interleaved ``repeats`` times, each keeps its median run;
+- ``decode``: one request alone (batch 1) on the engine, against plain transformers +
+  bitsandbytes ``generate`` on the same base, and against the memory-bandwidth bound of
+  the 4-bit weights (bytes read per token / a device-to-device copy's bandwidth measured
+  in the same process);
+- ``naive``: PEFT's own mixed batch (``generate(adapter_names=...)``) and a naive server
+  (:class:`server.naive.NaiveEngine`: one request at a time, ``set_adapter``), 8 adapters.
+
+Adapters are seeded random LoRAs built from the layer shapes alone
+(:func:`server.random_adapter.random_lora_for_shapes`). The result file is rewritten
+after every measurement, so a section killed at its time limit keeps what it finished.
+Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+WORDS = ["apple", "river", "stone", "cloud", "tiger", "piano", "green", "light"]
+
+
+def say(msg: str) -> None:
+    """One progress line on stderr."""
+    print(f"  {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
+
+class Result:
+    """A result dict rewritten atomically to ``path`` on every :meth:`put`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.data = Path(path), {}
+
+    def put(self, key: str, value: Any) -> None:
+        self.data[key] = value
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, default=str))
+        os.replace(tmp, self.path)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
+
+
+def sync(device: Any) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def load(hub: Any, base: str, device: str) -> Any:
+    """The served base on ``device`` (through the device setting where the loader has one)."""
+    from server.model import load_served_base
+
+    if "device" in inspect.signature(load_served_base).parameters:
+        loaded = load_served_base(hub, base, device=device)
+    else:  # the loader without a device setting: bitsandbytes places 4-bit layers on CUDA
+        loaded = load_served_base(hub, base)
+    return loaded
+
+
+def model_device(model: Any) -> Any:
+    return next(model.parameters()).device
+
+
+def make_bank(model: Any) -> Any:
+    import torch
+
+    from server.lora import LoRABank
+
+    return LoRABank(model, torch.float32)  # as server.state builds it
+
+
+def add_adapters(bank: Any, n: int, rank: int) -> tuple[list[int], list[Any]]:
+    """``n`` seeded random adapters added to ``bank``; their slots and payloads."""
+    from server.lora import parse_adapter
+    from server.random_adapter import random_lora_for_shapes
+
+    slots, payloads = [], []
+    for i in range(n):
+        payload = random_lora_for_shapes(bank.shapes, f"bench{i}", seed=1000 + i, r=rank)
+        parsed = parse_adapter(payload, bank.shapes)
+        slots.append(bank.add(parsed["tensors"], parsed["rank"], parsed["scale"]))
+        payloads.append(payload)
+    return slots, payloads
+
+
+def prompt_ids(tok: Any, i: int, length: int) -> list[int]:
+    """About ``length`` tokens of text (the byte tokenizer: one token per byte)."""
+    text = ""
+    while len(text) < length:
+        text += WORDS[(i + len(text)) % len(WORDS)] + " "
+    return tok(text[:length])["input_ids"][:length]
+
+
+def drive(engine: Any, tok: Any, slots: list[int], s: dict[str, Any], n: int) -> dict[str, Any]:
+    """``n`` requests from ``s['clients']`` closed-loop clients; tokens/s, latency, TTFT."""
+    from server.engine import GenRequest
+
+    jobs: queue.Queue[int] = queue.Queue()
+    for i in range(n):
+        jobs.put(i)
+    lat, ttft, tokens, errors = [], [], [0], []
+    lock = threading.Lock()
+
+    def client() -> None:
+        while True:
+            try:
+                i = jobs.get_nowait()
+            except queue.Empty:
+                return
+            done, events = threading.Event(), []
+            req = GenRequest(
+                prompt_ids=prompt_ids(tok, i, s["prompt_tokens"]),
+                slot=slots[i % len(slots)],
+                max_tokens=s["max_tokens"],
+                on_event=lambda ev, e=events, d=done: ev[0] != "delta" and (e.append(ev), d.set()),
+                timeout_s=600,
+            )
+            start = time.monotonic()
+            req.submitted = start
+            engine.submit(req)
+            done.wait(600)
+            end = time.monotonic()
+            with lock:
+                if events and events[0][0] == "error":
+                    errors.append(str(events[0][1]))
+                    continue
+                lat.append(end - start)
+                ttft.append((req.first_token_at or end) - start)
+                tokens[0] += len(req.generated)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(s["clients"])]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    if errors and not lat:
+        raise RuntimeError(f"every request failed: {errors[0]}")
+    return {
+        "requests": n,
+        "failures": len(errors),
+        "first_error": errors[0] if errors else None,
+        "completion_tokens": tokens[0],
+        "wall_s": round(wall, 3),
+        "tokens_per_s": round(tokens[0] / wall, 1),
+        "latency_p50_ms": round(percentile(lat, 0.5) * 1000, 1),
+        "latency_p99_ms": round(percentile(lat, 0.99) * 1000, 1),
+        "ttft_p50_ms": round(percentile(ttft, 0.5) * 1000, 1),
+        "ttft_p99_ms": round(percentile(ttft, 0.99) * 1000, 1),
+    }
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    ordered = sorted(runs, key=lambda r: r["tokens_per_s"])
+    return {**ordered[len(ordered) // 2], "runs_tokens_per_s": [r["tokens_per_s"] for r in runs]}
+
+
+def make_engine(loaded: Any, bank: Any, max_batch: int) -> Any:
+    from server.engine import Engine
+
+    engine = Engine(loaded.model, loaded.tokenizer, bank, max_batch=max_batch, max_queue=100_000)
+    engine.eos_ids = set()  # every request makes exactly max_tokens tokens
+    return engine.start()
+
+
+def section_serve(hub: Any, base: str, device: str, s: dict[str, Any], out: Result) -> None:
+    """single1 / mixed8 / mixed32 on the engine, interleaved, medians."""
+    loaded = load(hub, base, device)
+    out.put("model_device", str(model_device(loaded.model)))
+    bank = make_bank(loaded.model)
+    t0 = time.perf_counter()
+    slots, _ = add_adapters(bank, 32, s["rank"])
+    out.put("adapters_add_s", round(time.perf_counter() - t0, 2))
+    engine = make_engine(loaded, bank, s["clients"])
+    scenarios = {"single1": slots[:1], "mixed8": slots[:8], "mixed32": slots[:32]}
+    out.put("settings", {k: s[k] for k in ("clients", "max_tokens", "prompt_tokens", "rank")})
+    try:
+        say("serve: warm-up")
+        drive(engine, loaded.tokenizer, slots[:8], s, s["clients"])
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in scenarios}
+        for rep in range(s["repeats"]):
+            for name, chosen in scenarios.items():
+                runs[name].append(drive(engine, loaded.tokenizer, chosen, s, s["requests"]))
+                say(f"serve: {name} repeat {rep + 1}: {runs[name][-1]['tokens_per_s']} tokens/s")
+                out.put(name, median_run(runs[name]))
+    finally:
+        engine.stop()
+
+
+def bandwidth_gb_s(device: Any, nbytes: int, repeats: int = 10) -> float:
+    """Device-to-device copy bandwidth (bytes read + written per second), in GB/s."""
+    import torch
+
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    src.fill_(1)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        dst.copy_(src)
+    sync(device)
+    return round(2 * nbytes * repeats / (time.perf_counter() - start) / 1e9, 1)
+
+
+def bytes_per_token(model: Any) -> dict[str, int]:
+    """Bytes one decode step reads from the weights: every parameter once (one row of the
+    input embedding) plus each 4-bit layer's quantization state (absmax, nested absmax, code)."""
+    emb = model.get_input_embeddings().weight
+    seen: set[int] = set()
+    params = state = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        params += p[0].nbytes if p is emb else p.numel() * p.element_size()
+    for module in model.modules():
+        qs = getattr(getattr(module, "weight", None), "quant_state", None)
+        if qs is None or id(qs) in seen:
+            continue
+        seen.add(id(qs))
+        parts = [qs.absmax, qs.code]
+        if getattr(qs, "nested", False) and qs.state2 is not None:
+            parts += [qs.state2.absmax, qs.state2.code]
+        state += sum(t.numel() * t.element_size() for t in parts if t is not None)
+    return {"weights": params, "quant_state": state, "total": params + state}
+
+
+def engine_decode(engine: Any, tok: Any, slot: int, n: int) -> dict[str, Any]:
+    """One request alone: ``n`` tokens; decode tokens/s from the first to the last token."""
+    from server.engine import GenRequest
+
+    done = threading.Event()
+    req = GenRequest(
+        prompt_ids=prompt_ids(tok, 0, 16),
+        slot=slot,
+        max_tokens=n,
+        on_event=lambda ev: ev[0] != "delta" and done.set(),
+        timeout_s=600,
+    )
+    start = time.monotonic()
+    engine.submit(req)
+    done.wait(600)
+    end = time.monotonic()
+    if len(req.generated) < 2:
+        raise RuntimeError(f"the engine made {len(req.generated)} tokens")
+    span = req.last_token_at - req.first_token_at
+    return {
+        "tokens": len(req.generated),
+        "ttft_ms": round((req.first_token_at - start) * 1000, 1),
+        "wall_s": round(end - start, 3),
+        "decode_tokens_per_s": round((len(req.generated) - 1) / span, 1),
+    }
+
+
+def plain_bnb(base: str, device: Any, dtype: Any, n: int) -> dict[str, Any]:
+    """transformers + bitsandbytes NF4 (double quant) ``generate`` at batch 1, greedy."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        base, quantization_config=quant, dtype=dtype, device_map={"": str(device)}
+    ).eval()
+    tok = AutoTokenizer.from_pretrained(base)
+    ids = torch.tensor([prompt_ids(tok, 0, 16)], device=device)
+
+    def timed(tokens: int) -> float:
+        sync(device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                do_sample=False,
+                pad_token_id=0,
+            )
+        sync(device)
+        return time.perf_counter() - start
+
+    timed(4)  # warm-up
+    one, full = timed(1), timed(n)
+    return {
+        "tokens": n,
+        "wall_s": round(full, 3),
+        "ttft_ms": round(one * 1000, 1),
+        "decode_tokens_per_s": round((n - 1) / max(full - one, 1e-9), 1),
+    }
+
+
+def section_decode(hub: Any, base: str, device: str, s: dict[str, Any], out: Result) -> None:
+    """Batch-1 decode: engine (base and adapter) vs plain transformers+bnb vs bandwidth bound."""
+    loaded = load(hub, base, device)
+    dev = model_device(loaded.model)
+    out.put("model_device", str(dev))
+    weights = bytes_per_token(loaded.model)
+    gbs = bandwidth_gb_s(dev, s["copy_mib"] << 20)
+    bound = gbs * 1e9 / weights["total"]
+    out.put("bytes_per_token", weights)
+    out.put("copy_bandwidth_gb_s", gbs)
+    out.put("bound_tokens_per_s", round(bound, 1))
+    say(f"decode: copy bandwidth {gbs} GB/s, bound {bound:.0f} tokens/s")
+    bank = make_bank(loaded.model)
+    slots, _ = add_adapters(bank, 1, s["rank"])
+    engine = make_engine(loaded, bank, 1)
+    n = s["decode_tokens"]
+    try:
+        engine_decode(engine, loaded.tokenizer, 0, 4)  # warm-up
+        for label, slot in (("engine_base", 0), ("engine_adapter", slots[0])):
+            got = engine_decode(engine, loaded.tokenizer, slot, n)
+            got["fraction_of_bound"] = round(got["decode_tokens_per_s"] / bound, 4)
+            out.put(label, got)
+            say(f"decode: {label} {got['decode_tokens_per_s']} tokens/s")
+    finally:
+        engine.stop()
+    dtype = loaded.model.get_input_embeddings().weight.dtype
+    del engine, bank, loaded
+    got = plain_bnb(base, dev, dtype, n)
+    got["fraction_of_bound"] = round(got["decode_tokens_per_s"] / bound, 4)
+    out.put("plain_transformers_bnb", got)
+    say(f"decode: plain transformers+bnb {got['decode_tokens_per_s']} tokens/s")
+
+
+def section_naive(hub: Any, base: str, device: str, s: dict[str, Any], out: Result) -> None:
+    """PEFT ``adapter_names`` static batch, then the naive set_adapter server, 8 adapters."""
+    from server.naive import NaiveEngine
+
+    loaded = load(hub, base, device)
+    out.put("model_device", str(model_device(loaded.model)))
+    bank_shapes = make_bank_shapes(loaded.model)
+    naive = NaiveEngine(hub, loaded.model, loaded.tokenizer)
+    naive.stop_at_eos = False
+    names = []
+    t0 = time.perf_counter()
+    for i in range(8):
+        from server.random_adapter import random_lora_for_shapes
+
+        payload = random_lora_for_shapes(bank_shapes, f"bench{i}", seed=1000 + i, r=s["rank"])
+        naive.attach(i + 1, payload)
+        names.append(payload.name)
+    out.put("adapters_attach_s", round(time.perf_counter() - t0, 2))
+    peft = naive.static_mixed_batch(names, WORDS, s["clients"], s["max_tokens"])
+    out.put("peft_adapter_names_static_batch", peft)
+    say(f"naive: PEFT adapter_names batch of {s['clients']}: {peft['tokens_per_s']} tokens/s")
+    naive.start()
+    try:
+        got = drive(naive, loaded.tokenizer, list(range(1, 9)), s, s["naive_requests"])
+    finally:
+        naive.stop()
+    out.put("naive8", got)
+    say(f"naive: set_adapter server {got['tokens_per_s']} tokens/s")
+
+
+def make_bank_shapes(model: Any) -> dict[str, tuple[int, int]]:
+    """The LoRA-targetable layer shapes of ``model`` (without wrapping anything)."""
+    from server.lora import linear_shape
+
+    return {n: sh for n, m in model.named_modules() if (sh := linear_shape(m))}
+
+
+SECTIONS = {"serve": section_serve, "decode": section_decode, "naive": section_naive}
+
+
+def main(argv: list[str]) -> None:
+    section, base, device, settings, out_path = argv
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import torch
+
+    from hub.plugins import Hub
+
+    torch.set_grad_enabled(False)
+    SECTIONS[section](Hub(), base, device, json.loads(settings), Result(Path(out_path)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
