@@ -11,7 +11,13 @@ every backend:
 - the acting team (``team=`` argument, else the default given when opening,
   else setting ``hub.team``, else ``$QLORA_HUB_TEAM``);
 - the authorization decision (:meth:`Adapters.authorize`): owner-only
-  actions, and a pulled version must be the one that was asked for.
+  actions, and a pulled version must be the one that was asked for;
+- signed sharing (:mod:`hub.sharing`) for a backend that offers a record
+  store and does not sign by itself: who owns a name and who reads which
+  version then follow from owner-signed records, whatever the backend's
+  own rows say;
+- owner-qualified references, ``alpha/upper``: only a version whose signed
+  owner is ``alpha`` is served (:func:`hub.names.split_owner`).
 
 :func:`hub.store.open_store` returns an :class:`Adapters` around the
 configured backend, so the CLI, the trainer, the server and the federated
@@ -29,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.errors import AccessError, ConfigError, IntegrityError, UnknownNameError, ValidationError
-from hub.names import check_name, check_team_name
+from hub.names import check_name, check_team_name, split_owner
 from hub.types import AdapterPayload, AdapterRecord, AdapterRef
 from hub.validation import Limits, check_adapter, run_policy_hooks
 
@@ -93,10 +99,24 @@ class Adapters:
         *,
         team: str | None = None,
         limits: Limits | None = None,
+        home: Path | None = None,
+        passphrase: Any = None,
     ) -> None:
         self.hub, self.backend = hub, backend
         self.team = team
         self.limits = limits or Limits()
+        self.sharing = None
+        records = getattr(backend, "records", None)
+        if records is not None and "signed" not in capabilities(backend):
+            from hub.sharing import SignedSharing
+
+            home = home or getattr(backend, "home", None)
+            if home is None:
+                raise ConfigError(
+                    f"storage backend {backend.name!r} offers a record store but no home "
+                    "(where team keys live): open it with hub.store.open_store"
+                )
+            self.sharing = SignedSharing(records, Path(home), hub=hub, passphrase=passphrase)
 
     def __repr__(self) -> str:
         return f"Adapters({self.backend!r})"
@@ -111,8 +131,10 @@ class Adapters:
 
     @property
     def capabilities(self) -> frozenset[str]:
-        """What the backend declares it does (see :data:`CAPABILITIES`)."""
-        return capabilities(self.backend)
+        """What the backend declares it does (see :data:`CAPABILITIES`), plus ``signed``
+        when the core keeps its sharing state signed (:mod:`hub.sharing`)."""
+        caps = capabilities(self.backend)
+        return caps | {"signed"} if self.sharing is not None else caps
 
     # -- the rules ---------------------------------------------------------------------
     def acting(self, team: str | None = None) -> str:
@@ -121,6 +143,30 @@ class Adapters:
         if not team:
             raise ConfigError(f"no acting team: pass --team NAME or set {TEAM_ENV}")
         return check_team_name(team)
+
+    def unqualified(self, ref: AdapterRef) -> tuple[str | None, AdapterRef]:
+        """(owner or None, the ref without it) for ``ref`` or ``owner/ref``; names checked."""
+        owner, name = split_owner(ref.name)
+        return owner, AdapterRef(name, ref.version)
+
+    def _own(self, ref: AdapterRef, team: str) -> AdapterRef:
+        """``ref`` without an owner prefix, which may only name the acting team."""
+        owner, ref = self.unqualified(ref)
+        if owner is not None and owner != team:
+            raise AccessError(
+                f"{owner}/{ref.name} belongs to team {owner!r}: team {team!r} can change only "
+                "its own adapters"
+            )
+        return ref
+
+    @staticmethod
+    def _check_owner(owner: str | None, payload: AdapterPayload) -> None:
+        publisher = (payload.manifest or {}).get("publisher")
+        if owner is not None and publisher != owner:
+            raise UnknownNameError(
+                f"no adapter {owner}/{payload.name}: {payload.name!r} is owned by team "
+                f"{publisher!r}, not {owner!r} (re-claimed after its records were deleted?)"
+            )
 
     def authorize(self, action: str, team: str, ref: AdapterRef) -> None:
         """The one authorization decision the core makes before asking the backend.
@@ -138,6 +184,9 @@ class Adapters:
             return
         if action not in OWNER_ACTIONS:
             raise ValueError(f"unknown action {action!r}")
+        if self.sharing is not None:
+            self.sharing.owned(ref.name, team)
+            return
         owners = {r.team for r in self.backend.list(team=team) if r.name == ref.name}
         if not owners:
             raise UnknownNameError(
@@ -171,6 +220,9 @@ class Adapters:
         server's base check runs on every published version.
         """
         team = self.acting(team)
+        own = self._own(AdapterRef(adapter.name), team)
+        if own.name != adapter.name:
+            adapter = AdapterPayload(own.name, adapter.files, adapter.version, adapter.manifest)
         self.validate(adapter)
         meta = check_metadata(metadata)
         base = (adapter.manifest or {}).get("base_fingerprint")
@@ -178,9 +230,17 @@ class Adapters:
             meta = check_metadata({**meta, "base_fingerprint": base})
         readers = sorted({check_team_name(t) for t in share_with})
         self.authorize("push", team, AdapterRef(adapter.name))
-        ref = self.backend.push(adapter, team=team, metadata=meta, share_with=readers)
-        if ref.name != adapter.name:
+        if self.sharing is None:
+            ref = self.backend.push(adapter, team=team, metadata=meta, share_with=readers)
+        else:
+            state = self.sharing.claim(adapter.name, team)
+            signed = state.next_readers(readers)
+            others = sorted(signed - {team})
+            ref = self.backend.push(adapter, team=team, metadata=meta, share_with=others)
+        if ref.name != adapter.name or ref.version is None:
             raise IntegrityError(f"storage stored {ref} for {adapter.name!r}")
+        if self.sharing is not None:
+            self.sharing.publish(state, adapter, ref.version, meta, signed)
         published = {
             "name": ref.name,
             "version": ref.version,
@@ -198,44 +258,75 @@ class Adapters:
         """Fetch ``ref`` (latest readable when unversioned), check it is the version asked
         for, validate it like a push, and fire ``adapter_loaded`` once."""
         team = self.acting(team)
-        check_name(ref.name)
+        owner, ref = self.unqualified(ref)
+        state = None
+        if self.sharing is not None:
+            state, version = self.sharing.resolve(ref, team)
+            ref = AdapterRef(ref.name, version)
         payload = self.backend.pull(ref, team=team, where=where)
         if payload.name != ref.name or (ref.version is not None and payload.version != ref.version):
             raise IntegrityError(
                 f"storage returned {payload.name}@{payload.version} when asked for {ref}"
             )
+        if state is not None:
+            payload = self.sharing.check_payload(payload, state)
+        self._check_owner(owner, payload)
         self.validate(payload)
         self._fire("adapter_loaded", ref=payload.ref, team=team, where=where)
         return payload
 
     def list(self, *, team: str | None = None) -> list[AdapterRecord]:
-        """The versions the acting team may read."""
+        """The versions the acting team may read (by the signed records, when the core keeps them)."""
+        if self.sharing is not None:
+            return self.sharing.readable(self.acting(team))
         return self.backend.list(team=self.acting(team))
 
     def share(self, ref: AdapterRef, *, team: str | None = None, with_team: str) -> AdapterRef:
         """Let ``with_team`` read ``ref`` (every version when unversioned); owner only."""
         team = self.acting(team)
-        check_name(ref.name)
+        ref = self._own(ref, team)
         with_team = check_team_name(with_team)
         self.authorize("share", team, ref)
-        return self.backend.share(ref, team=team, with_team=with_team)
+        if self.sharing is None:
+            return self.backend.share(ref, team=team, with_team=with_team)
+        state = self.sharing.owned(ref.name, team)
+        versions = state.live() if ref.version is None else [ref.version]
+        if not versions or not set(versions) <= set(state.live()):
+            raise UnknownNameError(f"no adapter {ref}: check `adapters list`")
+        self.backend.share(ref, team=team, with_team=with_team)
+        self.sharing.share(state, versions, with_team)
+        return AdapterRef(ref.name, versions[-1])
 
     def revoke(self, ref: AdapterRef, *, team: str | None = None, from_team: str) -> AdapterRef:
         """Stop ``from_team`` reading ``ref.name`` from now on; owner only."""
         team = self.acting(team)
-        check_name(ref.name)
+        ref = self._own(ref, team)
         from_team = check_team_name(from_team)
         if from_team == team:
             raise ValidationError("a team cannot revoke its own access: delete the adapter instead")
         self.authorize("revoke", team, ref)
-        return self.backend.revoke(ref, team=team, from_team=from_team)
+        if self.sharing is None:
+            return self.backend.revoke(ref, team=team, from_team=from_team)
+        state = self.sharing.owned(ref.name, team)
+        self.sharing.revoke(state, from_team)  # signed first: it decides every later read
+        self.backend.revoke(ref, team=team, from_team=from_team)
+        live = state.live()
+        return AdapterRef(ref.name, live[-1] if live else None)
 
     def delete(self, ref: AdapterRef, *, team: str | None = None) -> None:
         """Remove a version (every version when unversioned); owner only."""
         team = self.acting(team)
-        check_name(ref.name)
+        ref = self._own(ref, team)
         self.authorize("delete", team, ref)
+        if self.sharing is None:
+            self.backend.delete(ref, team=team)
+            return
+        state = self.sharing.owned(ref.name, team)
+        versions = state.live() if ref.version is None else [ref.version]
+        if not versions or not set(versions) <= set(state.live()):
+            raise UnknownNameError(f"no adapter {ref}: check `adapters list`")
         self.backend.delete(ref, team=team)
+        self.sharing.delete(state, versions)
 
     # -- beyond the protocol ------------------------------------------------------------
     def verify(self, ref: AdapterRef, *, team: str | None = None) -> dict[str, Any]:
@@ -253,10 +344,26 @@ class Adapters:
     def show(self, ref: AdapterRef, *, team: str | None = None) -> dict[str, Any]:
         """The stored manifest of ``ref`` and who can read it, when the backend keeps one."""
         team = self.acting(team)
-        check_name(ref.name)
+        owner, ref = self.unqualified(ref)
+        if self.sharing is not None:
+            state, version = self.sharing.resolve(ref, team)
+            grant = state.versions[version]
+            shown = {
+                "manifest": self.sharing.manifest(state, version),
+                "readers": {
+                    t: "active" if t in grant.readers else "revoked" for t in sorted(grant.ever)
+                },
+            }
+            if owner is not None and state.owner != owner:
+                raise UnknownNameError(f"no adapter {owner}/{ref.name}: it is {state.owner!r}'s")
+            return shown
         if not hasattr(self.backend, "show"):
             raise ConfigError(f"storage backend {self.name!r} has no manifests to show")
-        return self.backend.show(ref, team=team)
+        shown = self.backend.show(ref, team=team)
+        publisher = (shown.get("manifest") or {}).get("publisher")
+        if owner is not None and publisher != owner:
+            raise UnknownNameError(f"no adapter {owner}/{ref.name}: it is {publisher!r}'s")
+        return shown
 
     def export(self, ref: AdapterRef, out: Path, *, team: str | None = None) -> AdapterPayload:
         """Pull and validate ``ref``, then write it as a plain PEFT directory at ``out``."""

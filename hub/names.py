@@ -13,6 +13,11 @@ accept a trailing newline, so ``upper\\n`` would pass as a look-alike of
 Unicode confusables (Cyrillic ``а`` for Latin ``a``, full-width letters,
 zero-width spaces, combining accents); :func:`collision_key` catches adapter
 names that differ only by case (team names are lowercase, so cannot).
+
+A reference may name the owning team too, ``alpha/upper`` (as model hubs
+do): :func:`split_owner` separates it, and the core then serves only a
+version whose signed owner is ``alpha``, so a name re-claimed by another
+team after its records were deleted is never taken for the original.
 """
 
 from __future__ import annotations
@@ -56,3 +61,11 @@ def check_team_name(name: object) -> str:
 def collision_key(name: str) -> str:
     """Key under which two adapter names count as the same (case-insensitive)."""
     return name.casefold()
+
+
+def split_owner(text: object) -> tuple[str | None, str]:
+    """``(owner, name)`` of ``team/name`` (both checked), or ``(None, name)`` without a ``/``."""
+    if isinstance(text, str) and "/" in text:
+        owner, _, name = text.partition("/")
+        return check_team_name(owner), check_name(name)
+    return None, check_name(text)

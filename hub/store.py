@@ -45,4 +45,11 @@ def open_store(
         max_bytes=settings.get("adapters.max_bytes"),
         max_abs_weight=settings.get("adapters.max_abs_weight"),
     )
-    return Adapters(hub, open_backend(hub, settings, backend, **options), team=team, limits=limits)
+    return Adapters(
+        hub,
+        open_backend(hub, settings, backend, **options),
+        team=team,
+        limits=limits,
+        home=Path(settings.home),
+        passphrase=options.get("passphrase"),
+    )

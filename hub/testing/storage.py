@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -56,6 +57,19 @@ def sample_adapter(
         AdapterPayload.WEIGHTS: save(tensors),
     }
     return AdapterPayload(name=name, files=files)
+
+
+def contract_home(home: Path, teams: tuple[str, ...] = ("alpha", "beta", "gamma")) -> Path:
+    """A home where ``teams`` hold keys (no passphrase) and trust one another.
+
+    For a backend that lets the core keep signed sharing records (a
+    ``records`` store, see :mod:`hub.sharing`): the core signs with these keys.
+    """
+    from hub.teams import create_team
+
+    for team in teams:
+        create_team(home, team, passphrase=None)
+    return home
 
 
 class ContractRecorder:
@@ -197,7 +211,7 @@ class StorageBackendContract(ProtocolContract):
 
     @pytest.mark.parametrize(
         "bad",
-        ["../x", "/etc/passwd", "a/b", "nul\x00x", "x" * 65, "upp\u0435r", ".hidden", ""]
+        ["../x", "/etc/passwd", "a/b/c", "nul\x00x", "x" * 65, "upp\u0435r", ".hidden", ""]
         + ["upper\n", "a..b", "C:\\x", "upper\u200b"],
     )
     def test_bad_names_are_rejected(self, contract_store: Any, bad: str) -> None:

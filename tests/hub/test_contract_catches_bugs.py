@@ -3,7 +3,11 @@
 Each deliberately buggy backend (or host path) below differs from the example
 backend in docs/examples/qlora-hub-dirstore by one bug; the suite runs against
 each in a child pytest session, and the tests named for that bug must fail
-while the correct example passes everything.
+while the correct example passes everything, with and without the core's
+signed sharing. The buggy backends offer no record store (``records = None``),
+so their own read lists decide what is served: that is what the suite checks
+of a backend (with a record store the core's signed records decide, and
+several of these bugs become harmless).
 """
 
 from __future__ import annotations
@@ -18,16 +22,23 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "qlora-hub
 
 BUGGY = textwrap.dedent(
     '''
-    import sys, threading, time
+    import shutil, sys, threading, time
     sys.path.insert(0, {example!r})
     import pytest
+    import qlora_hub_dirstore
     from qlora_hub_dirstore import DirStore
     from hub.adapters import Adapters
     from hub.testing import StorageBackendContract
+    from hub.testing.storage import contract_home
     from hub.types import AdapterRef
 
 
-    class StaleLatest(DirStore):
+    class Unsigned(DirStore):
+        """The example without a record store: its own read lists decide."""
+        records = None
+
+
+    class StaleLatest(Unsigned):
         """Caches the latest version per name and never drops it on push."""
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
@@ -40,7 +51,7 @@ BUGGY = textwrap.dedent(
             return got
 
 
-    class RevokedComesBack(DirStore):
+    class RevokedComesBack(Unsigned):
         """A push copies every earlier reader, revoked ones included, as active."""
         def push(self, adapter, *, team=None, metadata=None, share_with=()):
             before = set()
@@ -50,13 +61,13 @@ BUGGY = textwrap.dedent(
                                 share_with=[*share_with, *(before - {{team}})])
 
 
-    class ShareOneSharesAll(DirStore):
+    class ShareOneSharesAll(Unsigned):
         """Sharing one version shares every version."""
         def share(self, ref, *, team=None, with_team):
             return super().share(AdapterRef(ref.name), team=team, with_team=with_team)
 
 
-    class NoWriteLock(DirStore):
+    class NoWriteLock(Unsigned):
         """No lock: two pushes read the same last version and collide."""
         def _locked(self):
             import contextlib
@@ -68,7 +79,7 @@ BUGGY = textwrap.dedent(
             return got
 
 
-    class FiresItsOwnHooks(DirStore):
+    class FiresItsOwnHooks(Unsigned):
         """An old-style backend that fires adapter_published itself (the host fires it too)."""
         def __init__(self, root, *, hub=None, **k):
             super().__init__(root, **k)
@@ -77,6 +88,65 @@ BUGGY = textwrap.dedent(
             ref = super().push(adapter, **kw)
             self.hub.pm.hook.adapter_published(ref=ref, team=kw["team"], manifest={{}})
             return ref
+
+
+    class ReadsIgnoreGrants(Unsigned):
+        """Pull reads as the owner: the reader's grants are never checked."""
+        def pull(self, ref, *, team=None, where="cli"):
+            info = self._read_json(self.root / ref.name / "name.json")
+            return super().pull(ref, team=info["owner"] if info else team, where=where)
+
+
+    class Overwrites(Unsigned):
+        """Every push is version 1, replacing what was there."""
+        def _read_json(self, path):
+            got = super()._read_json(path)
+            return {{**got, "last_version": 0}} if got and path.name == "name.json" else got
+        def push(self, adapter, **kw):
+            shutil.rmtree(self.root / adapter.name / "1", ignore_errors=True)
+            return super().push(adapter, **kw)
+
+
+    class ReusesNumbers(Unsigned):
+        """The next number is the highest stored one plus one: a deleted number comes back."""
+        def _read_json(self, path):
+            got = super()._read_json(path)
+            if got and path.name == "name.json":
+                got = {{**got, "last_version": max(self._versions(path.parent.name), default=0)}}
+            return got
+
+
+    class AnyonePushes(Unsigned):
+        """No owner check on push: any team publishes under any name."""
+        def push(self, adapter, *, team=None, **kw):
+            self.pusher = team
+            return super().push(adapter, team=team, **kw)
+        def _read_json(self, path):
+            got = super()._read_json(path)
+            if got and path.name == "name.json" and getattr(self, "pusher", None):
+                got = {{**got, "owner": self.pusher}}
+            return got
+
+
+    case_blind = threading.local()
+    real_key = qlora_hub_dirstore.collision_key
+    qlora_hub_dirstore.collision_key = lambda n: n if getattr(case_blind, "on", 0) else real_key(n)
+
+
+    class NoCaseCheck(Unsigned):
+        """Names that differ only by case are two names."""
+        def push(self, adapter, **kw):
+            case_blind.on = 1
+            try:
+                return super().push(adapter, **kw)
+            finally:
+                case_blind.on = 0
+
+
+    class RevokeDoesNothing(Unsigned):
+        """Revoke answers the newest version and changes nothing."""
+        def revoke(self, ref, *, team=None, from_team):
+            return AdapterRef(ref.name, self._versions(ref.name)[-1])
 
 
     class SkipsPolicy(Adapters):
@@ -94,7 +164,7 @@ BUGGY = textwrap.dedent(
 
 
     class Base(StorageBackendContract):
-        backend = DirStore
+        backend = Unsigned
         @pytest.fixture
         def storage_backend(self, tmp_path, contract_hub):
             return self.backend(tmp_path / "store", hub=contract_hub)
@@ -102,6 +172,11 @@ BUGGY = textwrap.dedent(
 
     class TestCorrect(Base):
         pass
+
+    class TestCorrectSigned(Base):
+        @pytest.fixture
+        def storage_backend(self, tmp_path, contract_hub):
+            return DirStore(tmp_path / "store", hub=contract_hub, home=contract_home(tmp_path))
 
     class TestStaleLatest(Base):
         backend = StaleLatest
@@ -117,6 +192,24 @@ BUGGY = textwrap.dedent(
 
     class TestFiresItsOwnHooks(Base):
         backend = FiresItsOwnHooks
+
+    class TestReadsIgnoreGrants(Base):
+        backend = ReadsIgnoreGrants
+
+    class TestOverwrites(Base):
+        backend = Overwrites
+
+    class TestReusesNumbers(Base):
+        backend = ReusesNumbers
+
+    class TestAnyonePushes(Base):
+        backend = AnyonePushes
+
+    class TestNoCaseCheck(Base):
+        backend = NoCaseCheck
+
+    class TestRevokeDoesNothing(Base):
+        backend = RevokeDoesNothing
 
     class TestSkipsPolicy(Base):
         def open_contract_store(self, hub, backend):
@@ -139,6 +232,18 @@ CAUGHT_BY = {
         "test_policy_runs_on_load_too",
     },
     "TestNeverPublishes": {"test_lifecycle_hooks_fire_exactly_once"},
+    "TestReadsIgnoreGrants": {
+        "test_other_team_sees_nothing_unshared",
+        "test_revoke_stops_other_team",
+    },
+    "TestOverwrites": {"test_versions_increase_and_never_overwrite"},
+    "TestReusesNumbers": {"test_delete_removes_version_and_number_is_not_reused"},
+    "TestAnyonePushes": {"test_other_team_cannot_push_to_owned_name"},
+    "TestNoCaseCheck": {"test_case_collision_is_rejected"},
+    "TestRevokeDoesNothing": {
+        "test_revoke_stops_other_team",
+        "test_revoked_team_does_not_read_the_next_push",
+    },
 }
 
 
@@ -169,8 +274,15 @@ def failures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
 
 def test_correct_example_passes_the_whole_suite(failures):
     assert "TestCorrect" not in failures
+    assert "TestCorrectSigned" not in failures
+
+
+def test_twelve_and_more_bug_classes_are_covered():
+    assert len(CAUGHT_BY) >= 12
 
 
 @pytest.mark.parametrize("cls", sorted(CAUGHT_BY))
 def test_each_bug_is_caught_by_the_test_named_for_it(failures, cls):
-    assert failures.get(cls, set()) == CAUGHT_BY[cls]
+    # a bug may fail more tests than the one named for it (a no-op revoke fails both revoke
+    # tests); the named one must be among them
+    assert CAUGHT_BY[cls] <= failures.get(cls, set())

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hub.testing import StorageBackendContract
-from hub.testing.storage import sample_adapter
+from hub.testing.storage import contract_home, sample_adapter
 
 # the contract suites' fixtures use only current pytest APIs
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestDeprecationWarning")
@@ -25,7 +25,7 @@ from qlora_hub_dirstore import DirStore  # noqa: E402
 class TestDirStoreContract(StorageBackendContract):
     @pytest.fixture
     def storage_backend(self, tmp_path):
-        return DirStore(tmp_path / "storage" / "dirstore")
+        return DirStore(tmp_path / "storage" / "dirstore", home=contract_home(tmp_path))
 
 
 def test_example_imports_nothing_from_plugins():
@@ -48,10 +48,16 @@ def test_example_opened_by_the_hub_reads_its_settings_table_from_config(qlora_cl
     adapter_dir.mkdir()
     for fname, data in sample_adapter("upper").files.items():
         (adapter_dir / fname).write_bytes(data)
+    plugins = [("dirstore", qlora_hub_dirstore)]
+    no_keys = qlora_cli("--config", str(config), "adapters", "push", str(adapter_dir),
+                        "--name", "upper", "--team", "alpha", plugins=plugins)  # fmt: skip
+    assert no_keys.exit_code == 2 and "no keys for team 'alpha'" in no_keys.err  # it signs
+    assert not (elsewhere / "upper").exists()
+    assert qlora_cli("team", "create", "alpha", "--no-passphrase", plugins=plugins).exit_code == 0
     res = qlora_cli("--config", str(config), "adapters", "push", str(adapter_dir),
-                    "--name", "upper", "--team", "alpha", plugins=[("dirstore", qlora_hub_dirstore)])  # fmt: skip
+                    "--name", "upper", "--team", "alpha", plugins=plugins)  # fmt: skip
     assert res.exit_code == 0, res.err
-    assert res.out.startswith("pushed upper@1 (") and "dirstore: not signed or encrypted" in res.out
+    assert res.out.startswith("pushed upper@1 (") and res.out.rstrip().endswith("bytes, signed)")
     assert (elsewhere / "upper" / "1" / "adapter_model.safetensors").read_bytes() == (
         sample_adapter("upper").files["adapter_model.safetensors"]
     )

@@ -116,6 +116,31 @@ def test_a_replaced_name_is_refused_by_every_home_that_saw_it(world):
         v["alpha"].pull(AdapterRef("upper"))
 
 
+def test_a_replaced_name_is_refused_by_a_fresh_home_that_names_the_owner(world, tmp_path):
+    """A server home that never read upper asks for alpha/upper after beta re-claimed it."""
+    from hub.adapters import Adapters
+
+    root, homes, v = world
+    server_home = tmp_path / "server"
+    teams.create_team(server_home, "server", passphrase=None)
+    for t in ("alpha", "beta"):
+        teams.trust(server_home, teams.export_public(homes[t], t))
+        teams.trust(homes[t], teams.export_public(server_home, "server"))
+    v["alpha"].push(sample_adapter("upper", 1), share_with=["server"])
+    for key in v["beta"].blobs.keys("names/upper/"):
+        v["beta"].blobs.delete(key)
+    _sql(root, "DELETE FROM names")
+    v["beta"].push(sample_adapter("upper", 666), share_with=["server"])
+    server = Adapters(None, Vault(root, home=server_home, team="server"), team="server")
+    with pytest.raises(
+        UnknownNameError, match="no adapter alpha/upper: 'upper' is owned by team 'beta'"
+    ):
+        server.pull(AdapterRef.parse("alpha/upper"))
+    with pytest.raises(UnknownNameError, match="no adapter alpha/upper"):
+        server.show(AdapterRef.parse("alpha/upper"))
+    assert server.pull(AdapterRef.parse("beta/upper")).manifest["publisher"] == "beta"
+
+
 def test_a_deleted_index_is_rebuilt_from_the_signed_records(world):
     root, _, v = world
     v["alpha"].push(sample_adapter("upper", 1))

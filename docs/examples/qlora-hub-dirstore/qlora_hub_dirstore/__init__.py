@@ -4,13 +4,17 @@
 stores: the core (``hub.adapters``) checks names, validates adapters, runs
 ``validate_adapter`` on store and load, fires ``adapter_published`` and
 ``adapter_loaded`` once, and resolves the acting team before calling it.
-It imports nothing from ``plugins.*``, and passes
-``hub.testing.StorageBackendContract``. Layout::
+Because it offers a record store (``records``), the core also keeps who owns
+each name and who may read which version as owner-signed records there
+(:mod:`hub.sharing`): the read lists and owner below are only a mirror, and
+a writer of the folder who edits them grants nothing. It imports nothing
+from ``plugins.*``, and passes ``hub.testing.StorageBackendContract``. Layout::
 
     <root>/.lock                         one writer at a time (flock)
     <root>/<name>/name.json              owner and the highest version ever used
     <root>/<name>/<version>/record.json  publisher, metadata, sha256 per file, readers
     <root>/<name>/<version>/<files>      the adapter's files as pushed
+    <root>/.records/...                  the core's signed records and manifests
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from hub import hookimpl
 from hub.atomic import atomic_write
 from hub.errors import AccessError, IntegrityError, UnknownNameError, ValidationError
 from hub.names import check_name, collision_key
+from hub.record_files import FolderRecords
 from hub.types import AdapterPayload, AdapterRecord, AdapterRef
 
 FILES = (AdapterPayload.CONFIG, AdapterPayload.WEIGHTS)
@@ -42,11 +47,20 @@ class DirStore:
     description = "Example backend: adapter versions as plain directories (not encrypted)"
     capabilities: frozenset[str] = frozenset()  # claims nothing: not signed, not encrypted
 
-    def __init__(self, root: Path, *, settings: Any = None, **_options: Any) -> None:
-        # options the core passes (hub, team, passphrase, home) are not needed here
+    def __init__(
+        self, root: Path, *, settings: Any = None, home: Path | None = None, **_options: Any
+    ) -> None:
+        # options the core passes (hub, team, passphrase) are not needed here
         configured = settings.get("dirstore.root") if settings is not None else ""
         self.root = Path(configured or root)
         self.root.mkdir(parents=True, exist_ok=True)
+        # where team keys live (the core signs with them): <home>/storage/dirstore by default
+        self.home = Path(home) if home else Path(root).parent.parent
+
+    @property
+    def records(self) -> FolderRecords:
+        """Where the core keeps the signed sharing records (see :mod:`hub.sharing`)."""
+        return FolderRecords(self.root / ".records")
 
     # -- records on disk ------------------------------------------------------------------
     @contextmanager

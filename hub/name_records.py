@@ -1,0 +1,165 @@
+"""Where a store keeps each name's signed records (:mod:`hub.grants`), and the rollback pins.
+
+Used by the vault, and by the core (:mod:`hub.sharing`) for any storage
+backend that offers a record store. Records are blobs ``names/<casefolded name>/<seq, 8 digits>``, written once
+and never rewritten. :class:`NameRecords` lists and replays them, and
+appends new ones (callers hold the index's write lock, which serializes
+appenders). Every home that reads a name remembers the newest record it
+verified (``<home>/pins/<store id>/<name>``): if the storage later shows
+fewer records, or other ones, the name is refused instead of quietly
+returning to an older state (a revocation dropped, say).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from hub.blobs import BlobStore, get_bounded, put_new
+from hub.errors import IntegrityError
+from hub.grants import MAX_RECORD_BYTES, NameState, claim_record, digest, replay, sign_record
+from hub.identity import Identity, PublicIdentity
+from hub.names import ADAPTER_NAME, collision_key
+
+_SEQ = re.compile(r"[0-9]{8}", re.ASCII)
+
+
+class RecordConflict(IntegrityError):
+    """Another process appended the same record number first (reload and retry)."""
+
+
+class NameRecords:
+    """The signed records of every name in one blob store."""
+
+    def __init__(
+        self, blobs: BlobStore, public_of: Callable[[str], PublicIdentity], pins: Path | None
+    ) -> None:
+        self.blobs = blobs
+        self.public_of = public_of
+        store_id = hashlib.sha256(blobs.url.encode()).hexdigest()[:16]
+        self.pins = Path(pins) / store_id if pins else None
+        self._verified: set[tuple[str, str]] = set()
+        self._pinned: dict[str, tuple[int, str]] = {}  # pins this process read or wrote
+
+    @staticmethod
+    def prefix(name: str) -> str:
+        """Blob-key folder of ``name``'s records (case-insensitive, like name collisions)."""
+        return f"names/{collision_key(name)}/"
+
+    def names(self) -> list[str]:
+        """Casefolded names that have records (folders that are no valid name are ignored)."""
+        found = {k.split("/")[1] for k in self.blobs.keys("names/")}
+        return sorted(n for n in found if ADAPTER_NAME.fullmatch(n) and n == collision_key(n))
+
+    def _keys(self, name: str) -> list[str]:
+        prefix = self.prefix(name)
+        keys = self.blobs.keys(prefix)
+        seqs = [k[len(prefix) :] for k in keys]
+        if any(not _SEQ.fullmatch(s) for s in seqs) or seqs != [
+            f"{i:08d}" for i in range(len(keys))
+        ]:
+            raise IntegrityError(
+                f"signed records of adapter {name!r} have gaps or foreign files: the storage "
+                "was altered outside qlora-hub"
+            )
+        return keys
+
+    def _read(self, key: str) -> bytes:
+        return get_bounded(self.blobs, key, MAX_RECORD_BYTES)
+
+    def load(self, name: str) -> NameState | None:
+        """The verified state of ``name`` (None: no team ever published it)."""
+        keys = self._keys(name)
+        pinned = self._pin(name)
+        checked: dict[int, bytes] = {}
+        if pinned is not None:
+            seq, head = pinned
+            if len(keys) > seq:
+                checked[seq] = self._read(keys[seq])
+            if seq not in checked or digest(checked[seq]) != head:
+                raise IntegrityError(
+                    f"signed records of adapter {name!r} were rolled back or replaced (this home "
+                    f"verified record {seq} before): the storage was altered outside qlora-hub; "
+                    "restore it from a backup"
+                )
+        if not keys:
+            return None
+        # The pinned prefix was verified by this home and its last record's bytes are
+        # unchanged (checked above), so a fresh process re-checks only links there.
+        # Records are read one at a time as replay goes: planted ones stop it at the first.
+        # The pinned record is the one read above, never a second read a writer could swap.
+        blobs = (checked.get(i) or self._read(k) for i, k in enumerate(keys))
+        state = replay(blobs, self.public_of, self._verified, pinned[0] if pinned else -1)
+        if collision_key(state.name) != collision_key(name):  # records copied from another name
+            raise IntegrityError(
+                f"signed records stored under adapter {name!r} are those of {state.name!r}: "
+                "the storage was altered outside qlora-hub"
+            )
+        if pinned is None or state.seq > pinned[0]:
+            self._write_pin(name, state)
+        return state
+
+    def claim(self, name: str, identity: Identity) -> NameState:
+        """Record 0: ``identity``'s team owns ``name`` (caller holds the write lock)."""
+        blob = sign_record(identity, claim_record(name, identity.public))
+        put_new(self.blobs, f"{self.prefix(name)}{0:08d}", blob)  # a lost race: the winner's
+        return self._reload(name)
+
+    def append(
+        self, state: NameState, identity: Identity, action: str, **fields: object
+    ) -> NameState:
+        """Sign and store the next record of ``state``; returns the new state."""
+        blob = sign_record(identity, state.record(action, **fields))
+        # Conditional write: processes on other machines (no shared lock) never overwrite.
+        if not put_new(self.blobs, f"{self.prefix(state.name)}{state.seq + 1:08d}", blob):
+            raise RecordConflict(
+                f"adapter {state.name!r} was changed by another process at the same time: retry"
+            )
+        return self._reload(state.name)
+
+    def reserve_version(self, name: str, version: int) -> int:
+        """The first number from ``version`` up that no process reserved before (a
+        conditional write of ``versions/<name>/<number>``; numbers are never reused)."""
+        while not put_new(self.blobs, f"versions/{collision_key(name)}/{version:08d}", b""):
+            version += 1
+        return version
+
+    def _reload(self, name: str) -> NameState:
+        state = self.load(name)
+        assert state is not None
+        return state
+
+    # -- pins ---------------------------------------------------------------------------
+    def _pin_path(self, name: str) -> Path | None:
+        return self.pins / collision_key(name) if self.pins else None
+
+    def _pin(self, name: str) -> tuple[int, str] | None:
+        # Pins only move forward, so the one this process last saw is enough once read.
+        if (known := self._pinned.get(collision_key(name))) is not None:
+            return known
+        path = self._pin_path(name)
+        try:
+            seq, head = path.read_text().split() if path else (None, None)
+            return (int(seq), head) if seq is not None else None
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return None  # a torn pin only weakens the check; it is rewritten on the next read
+
+    def _write_pin(self, name: str, state: NameState) -> None:
+        self._pinned[collision_key(name)] = (state.seq, state.head)
+        path = self._pin_path(name)
+        if path is None:
+            return
+        # Renamed into place but not fsynced: a pin lost to a power cut only weakens the
+        # rollback check, and pushes and first reads skip two fsyncs. A read-only home
+        # still verifies every signature; it only forgets the pin.
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+            tmp.write_text(f"{state.seq} {state.head}\n")
+            os.replace(tmp, path)
