@@ -79,26 +79,34 @@ def model_device(model: Any) -> Any:
     return next(model.parameters()).device
 
 
-def make_bank(model: Any) -> Any:
+def make_bank(model: Any, adapters: int, rank: int) -> Any:
+    """The gathered-LoRA bank, sized up front for ``adapters`` of ``rank`` where it can be."""
     import torch
 
     from server.lora import LoRABank
 
-    return LoRABank(model, torch.float32)  # as server.state builds it
+    params = inspect.signature(LoRABank).parameters
+    sizes = {"max_adapters": adapters, "rank": rank}
+    kwargs = {k: v for k, v in sizes.items() if k in params}
+    return LoRABank(model, torch.float32, **kwargs)  # LoRA math in fp32, as server.state builds it
 
 
-def add_adapters(bank: Any, n: int, rank: int) -> tuple[list[int], list[Any]]:
-    """``n`` seeded random adapters added to ``bank``; their slots and payloads."""
+def add_adapters(engine: Any, n: int, rank: int) -> list[int]:
+    """``n`` seeded random adapters added to the engine's bank; their slots (handles)."""
     from server.lora import parse_adapter
     from server.random_adapter import random_lora_for_shapes
 
-    slots, payloads = [], []
+    bank, slots = engine.bank, []
     for i in range(n):
         payload = random_lora_for_shapes(bank.shapes, f"bench{i}", seed=1000 + i, r=rank)
+        if hasattr(engine, "add_adapter"):  # the hf engine: exactly what the server does
+            slots.append(
+                engine.add_adapter(f"bench/bench{i}@1", payload.config(), payload.tensors())
+            )
+            continue
         parsed = parse_adapter(payload, bank.shapes)
         slots.append(bank.add(parsed["tensors"], parsed["rank"], parsed["scale"]))
-        payloads.append(payload)
-    return slots, payloads
+    return slots
 
 
 def prompt_ids(tok: Any, i: int, length: int) -> list[int]:
@@ -174,23 +182,36 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**ordered[len(ordered) // 2], "runs_tokens_per_s": [r["tokens_per_s"] for r in runs]}
 
 
-def make_engine(loaded: Any, bank: Any, max_batch: int) -> Any:
-    from server.engine import Engine
+def make_engine(loaded: Any, adapters: int, rank: int, max_batch: int) -> Any:
+    """The server's ``hf`` engine on ``loaded`` (else the bare batching engine and a bank),
+    answering no end token: every request makes exactly its ``max_tokens``."""
+    try:
+        from server.hf_engine import HFEngine
+    except ImportError:
+        HFEngine = None  # noqa: N806
+    if HFEngine is not None:
+        engine = HFEngine(loaded, max_batch=max_batch, max_queue=100_000)
+    else:
+        from server.engine import Engine
 
-    engine = Engine(loaded.model, loaded.tokenizer, bank, max_batch=max_batch, max_queue=100_000)
-    engine.eos_ids = set()  # every request makes exactly max_tokens tokens
-    return engine.start()
+        bank = make_bank(loaded.model, adapters, rank)
+        engine = Engine(
+            loaded.model, loaded.tokenizer, bank, max_batch=max_batch, max_queue=100_000
+        )
+    engine.eos_ids = set()
+    return engine
 
 
 def section_serve(hub: Any, base: str, device: str, s: dict[str, Any], out: Result) -> None:
     """single1 / mixed8 / mixed32 on the engine, interleaved, medians."""
     loaded = load(hub, base, device)
     out.put("model_device", str(model_device(loaded.model)))
-    bank = make_bank(loaded.model)
+    engine = make_engine(loaded, 32, s["rank"], s["clients"])
+    out.put("engine", type(engine).__name__)
     t0 = time.perf_counter()
-    slots, _ = add_adapters(bank, 32, s["rank"])
+    slots = add_adapters(engine, 32, s["rank"])
     out.put("adapters_add_s", round(time.perf_counter() - t0, 2))
-    engine = make_engine(loaded, bank, s["clients"])
+    engine.start()
     scenarios = {"single1": slots[:1], "mixed8": slots[:8], "mixed32": slots[:32]}
     out.put("settings", {k: s[k] for k in ("clients", "max_tokens", "prompt_tokens", "rank")})
     try:
@@ -326,9 +347,9 @@ def section_decode(hub: Any, base: str, device: str, s: dict[str, Any], out: Res
     out.put("copy_bandwidth_gb_s", gbs)
     out.put("bound_tokens_per_s", round(bound, 1))
     say(f"decode: copy bandwidth {gbs} GB/s, bound {bound:.0f} tokens/s")
-    bank = make_bank(loaded.model)
-    slots, _ = add_adapters(bank, 1, s["rank"])
-    engine = make_engine(loaded, bank, 1)
+    engine = make_engine(loaded, 1, s["rank"], 1)
+    slots = add_adapters(engine, 1, s["rank"])
+    engine.start()
     n = s["decode_tokens"]
     try:
         engine_decode(engine, loaded.tokenizer, 0, 4)  # warm-up
@@ -340,7 +361,7 @@ def section_decode(hub: Any, base: str, device: str, s: dict[str, Any], out: Res
     finally:
         engine.stop()
     dtype = loaded.model.get_input_embeddings().weight.dtype
-    del engine, bank, loaded
+    del engine, loaded
     got = plain_bnb(base, dev, dtype, n)
     got["fraction_of_bound"] = round(got["decode_tokens_per_s"] / bound, 4)
     out.put("plain_transformers_bnb", got)
