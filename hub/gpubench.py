@@ -384,6 +384,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def _commit() -> str | None:
+    """``git rev-parse HEAD`` (``+dirty`` with local changes), else ``.git/HEAD``, else the
+    environment's ``QLORA_HUB_COMMIT`` (a copied working tree without ``.git``)."""
     try:
         got = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                              text=True, timeout=10)  # fmt: skip
@@ -400,7 +402,7 @@ def _commit() -> str | None:
             return (ROOT / ".git" / ref[5:]).read_text().strip()
         return ref
     except OSError:
-        return None
+        return os.environ.get("QLORA_HUB_COMMIT")
 
 
 if __name__ == "__main__":  # python -m hub.gpubench machine OUT

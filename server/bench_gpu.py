@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 import queue
 import sys
@@ -408,6 +409,21 @@ def make_bank_shapes(model: Any) -> dict[str, tuple[int, int]]:
 SECTIONS = {"serve": section_serve, "decode": section_decode, "naive": section_naive}
 
 
+class FirstErrors(logging.Handler):
+    """Keeps the first few error records (with tracebacks) in the result: a request's error
+    event names only the exception's type, the engine's log line has the rest."""
+
+    def __init__(self, out: Result, keep: int = 3) -> None:
+        super().__init__(logging.ERROR)
+        self.out, self.keep, self.seen = out, keep, []
+        self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.seen) < self.keep:
+            self.seen.append(self.format(record)[-3000:])
+            self.out.put("log_errors", self.seen)
+
+
 def main(argv: list[str]) -> None:
     section, base, device, settings, out_path = argv
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -419,7 +435,12 @@ def main(argv: list[str]) -> None:
     from hub.plugins import Hub
 
     torch.set_grad_enabled(False)
-    SECTIONS[section](Hub(), base, device, json.loads(settings), Result(Path(out_path)))
+    out = Result(Path(out_path))
+    logging.getLogger().addHandler(FirstErrors(out))
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setLevel(logging.WARNING)
+    logging.getLogger().addHandler(stderr)
+    SECTIONS[section](Hub(), base, device, json.loads(settings), out)
 
 
 if __name__ == "__main__":
