@@ -20,8 +20,8 @@ from litestar.response import Stream
 
 from server.accesslog import on_close
 from server.cache import AdapterUnavailable, CacheBusy
-from server.engine import GenRequest, QueueFullError
 from server.errors import APIError, not_found
+from server.request import GenRequest, QueueFullError
 from server.responses import Reply, ReplyError, ReplyShape
 from server.sampling import GREEDY_BELOW
 from server.schemas import (
@@ -57,13 +57,24 @@ def server_of(request: Request) -> ServerState:
     return request.app.state.server
 
 
+def base_entry(srv: ServerState) -> dict[str, Any]:
+    """The base model's entry in ``/v1/models``, with the engine that serves it."""
+    return {
+        "id": BASE_MODEL,
+        "object": "model",
+        "created": srv.started,
+        "owned_by": "qlora-hub",
+        "engine": dict(srv.engine.info),
+    }
+
+
 @get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
     """The base and every adapter the caller's team may use."""
     srv = server_of(request)
     caller = srv.authenticate(request)
     visible = await anyio.to_thread.run_sync(srv.cache.visible, caller.team)
-    data = [{"id": BASE_MODEL, "object": "model", "created": srv.started, "owned_by": "qlora-hub"}]
+    data = [base_entry(srv)]
     for name in sorted(visible):
         versions = visible[name]
         latest = versions[max(versions)]
@@ -84,9 +95,8 @@ async def get_model(request: Request, model_id: str) -> dict[str, Any]:
     """One model the caller may use: ``base``, ``NAME`` or ``NAME@N``; 404 for any other."""
     srv = server_of(request)
     caller = srv.authenticate(request)
-    base = {"id": BASE_MODEL, "object": "model", "created": srv.started, "owned_by": "qlora-hub"}
     if model_id == BASE_MODEL:
-        return base
+        return base_entry(srv)
     name, _, version = model_id.partition("@")
     version = "" if version == "latest" else version
     visible = await anyio.to_thread.run_sync(srv.cache.visible, caller.team)

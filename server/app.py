@@ -38,7 +38,7 @@ def ready(request: Request) -> Response:
     """
     srv: ServerState = request.app.state.server
     body: dict[str, Any] = {"ready": True}
-    if not (srv.ready and srv.engine._thread is not None and srv.engine._thread.is_alive()):
+    if not (srv.ready and srv.engine.alive):
         body = {"ready": False, "reason": "the engine is not running"}
     elif srv.cache.storage_problem:
         body = {"ready": False, "reason": f"adapter storage: {srv.cache.storage_problem}"}

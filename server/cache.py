@@ -17,9 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hub.engines import AdapterRefused
 from hub.errors import HubError, ValidationError
 from hub.types import AdapterPayload, AdapterRef
-from server.lora import LoRABank, parse_adapter
+from server.hf_engine import TensorsOf
+from server.lora import parse_adapter
 
 log = logging.getLogger("qlora_hub.server.cache")
 
@@ -70,7 +72,7 @@ class AdapterCache:
         hub: the plugin host (``validate_adapter`` and ``adapter_loaded`` hooks).
         store: a :class:`hub.types.StorageBackend` instance.
         identity: the server's team name in storage.
-        bank: where resident adapters' weights live.
+        engine: the :class:`hub.engines.Engine` resident adapters are added to.
         base_fingerprint: refuse adapters recorded against another base.
         max_resident, max_bytes: the budget.
         list_ttl_s: how long a storage listing is reused before asking storage again.
@@ -82,7 +84,7 @@ class AdapterCache:
         hub: Any,
         store: Any,
         identity: str,
-        bank: LoRABank,
+        engine: Any,
         *,
         base_fingerprint: str | None = None,
         max_resident: int = 8,
@@ -91,7 +93,7 @@ class AdapterCache:
         wait_s: float = 60.0,
         on_event: Callable[[str], None] | None = None,
     ) -> None:
-        self.hub, self.store, self.identity, self.bank = hub, store, identity, bank
+        self.hub, self.store, self.identity, self.engine = hub, store, identity, engine
         self.base_fingerprint = base_fingerprint
         self.max_resident, self.max_bytes = max_resident, max_bytes
         self.list_ttl_s, self.wait_s = list_ttl_s, wait_s
@@ -219,20 +221,16 @@ class AdapterCache:
                 lambda: self.store.pull(ref, team=self.identity, where="server"),
             )
             self._verify(payload, ref)
-            parsed = parse_adapter(payload, self.bank.shapes)
+            config, tensors = self._checked_tensors(payload)
         except (HubError, KeyError, ValueError) as exc:
-            log.warning(
-                "adapter %s refused: %s",
-                ref,
-                exc,
-                extra={"adapter": str(ref), "reason": str(exc)},
-            )
-            self.on_event("refused")
-            raise AdapterUnavailable(str(ref), str(exc)) from None  # args[1]: why, for admins
+            raise self._refuse(ref, str(exc)) from None
         nbytes = payload.nbytes
         with self._cond:
             self._make_room(nbytes)
-            slot = self.bank.add(parsed["tensors"], parsed["rank"], parsed["scale"])
+            try:
+                slot = self.engine.add_adapter(str(ref), config, tensors)
+            except AdapterRefused as exc:
+                raise self._refuse(ref, f"adapter {ref}: {exc}") from None
             load_ms = (time.perf_counter() - started) * 1000
             self.entries[ref] = Entry(ref=ref, slot=slot, nbytes=nbytes, load_ms=load_ms)
             self._cond.notify_all()
@@ -244,6 +242,24 @@ class AdapterCache:
             nbytes,
             extra={"adapter": str(ref), "load_ms": round(load_ms, 1)},
         )
+
+    def _refuse(self, ref: AdapterRef, reason: str) -> AdapterUnavailable:
+        """Log and count a refusal; the error to raise (``args[1]``: why, for admins)."""
+        extra = {"adapter": str(ref), "reason": reason}
+        log.warning("adapter %s refused: %s", ref, reason, extra=extra)
+        self.on_event("refused")
+        return AdapterUnavailable(str(ref), reason)
+
+    def _checked_tensors(self, payload: AdapterPayload) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The adapter's config and tensors, decoded once and checked against the engine's
+        layer shapes (or, for an engine that checks shapes itself, against their own)."""
+        try:
+            config, tensors = payload.config(), payload.tensors()
+        except (KeyError, ValueError) as exc:
+            raise ValidationError(f"adapter {payload.ref}: unreadable files ({exc})") from None
+        shapes = self.engine.adapter_shapes()
+        parse_adapter(TensorsOf(payload.ref, config, tensors), shapes or implied_shapes(tensors))
+        return config, tensors
 
     def _verify(self, payload: AdapterPayload, ref: AdapterRef) -> None:
         """Name, file hashes in the manifest (when present), and base."""
@@ -297,7 +313,7 @@ class AdapterCache:
 
     def _drop(self, entry: Entry) -> None:
         self.entries.pop(entry.ref, None)
-        self.bank.remove(entry.slot)
+        self.engine.remove_adapter(entry.slot)
 
     # ---- admin ------------------------------------------------------------------------------
 
@@ -352,3 +368,18 @@ class AdapterCache:
     def resident_bytes(self) -> int:
         """Bytes of resident adapter payloads."""
         return sum(e.nbytes for e in self.entries.values())
+
+
+def implied_shapes(tensors: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """``module -> (in, out)`` as an adapter's own 2-D ``lora_A``/``lora_B`` tensors imply
+    them (for engines that check the base match themselves)."""
+    halves: dict[str, dict[str, Any]] = {}
+    for key, tensor in tensors.items():
+        module, _, kind = key.removeprefix("base_model.model.").rpartition(".lora_")
+        if kind in ("A.weight", "B.weight") and getattr(tensor, "ndim", 0) == 2:
+            halves.setdefault(module, {})[kind[0]] = tensor
+    return {
+        m: (int(ab["A"].shape[1]), int(ab["B"].shape[0]))
+        for m, ab in halves.items()
+        if "A" in ab and "B" in ab
+    }

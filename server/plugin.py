@@ -28,6 +28,7 @@ from hub.cli import CliState, pass_state
 @click.option(
     "--storage", default=None, help="Storage backend to read adapters from [hub.storage]."
 )
+@click.option("--engine", default=None, help="Execution engine, e.g. hf or vllm [serve.engine].")
 @pass_state
 def serve(
     state: CliState,
@@ -36,6 +37,7 @@ def serve(
     port: int | None,
     identity: str | None,
     storage: str | None,
+    engine: str | None,
 ) -> None:
     """Serve every adapter shared with the server over an OpenAI-compatible API."""
     import logging
@@ -45,13 +47,14 @@ def serve(
     from hub.store import open_store
     from server.app import build_state, create_app
     from server.http import uvicorn_config
-    from server.model import load_served_base
 
     settings = state.settings
     settings.override("serve.host", host)
     settings.override("serve.port", port)
     settings.override("serve.identity", identity)
     settings.override("hub.storage", storage)
+    settings.override("serve.engine", engine)
+    state.hub.engines[settings.get("serve.engine")]  # an unknown engine fails before any load
     state.writable_home()
     ident = settings.get("serve.identity")
     store = open_store(state.hub, settings, team=ident)
@@ -62,12 +65,11 @@ def serve(
         handler.setFormatter(logging.Formatter("%(message)s"))
         logging.getLogger("qlora_hub").addHandler(handler)
         logging.getLogger("qlora_hub").setLevel(logging.INFO)
-    click.echo(f"loading base {base} ...", err=True)
-    loaded = load_served_base(state.hub, base)
-    srv = build_state(state.hub, settings, loaded, store, identity=ident)
+    click.echo(f"loading base {base} with engine {settings.get('serve.engine')} ...", err=True)
+    srv = build_state(state.hub, settings, base, store, identity=ident)
     app = create_app(srv, state.hub, max_body_bytes=settings.get("serve.max_body_bytes"))
     click.echo(
-        f"serving base {loaded.fingerprint[:12]} as team {ident} from storage "
+        f"serving base {srv.base_fingerprint[:12]} as team {ident} from storage "
         f"{settings.get('hub.storage')} on http://{settings.get('serve.host')}:{settings.get('serve.port')}",
         err=True,
     )

@@ -1,4 +1,4 @@
-"""The state one server holds (base, bank, engine, cache, keys) and how it is built.
+"""The state one server holds (engine, cache, keys, metrics) and how it is built.
 
 The app (:mod:`server.app`) and the API handlers (:mod:`server.api`) both read it; it
 imports neither of them.
@@ -14,10 +14,10 @@ from typing import Any
 
 from litestar import Request
 
+from hub.engines import Engine, open_engine
 from server.accesslog import on_close
 from server.auth import Admission, Caller, KeyStore, RateLimiter
 from server.cache import AdapterCache
-from server.engine import Engine
 from server.errors import APIError
 from server.metrics import ServerMetrics
 
@@ -110,43 +110,29 @@ class ServerState:
 def build_state(
     hub: Any, settings: Any, base: Any, store: Any, *, identity: str | None = None
 ) -> ServerState:
-    """Wire a loaded base, a storage backend and the ``[serve]`` settings into a server.
+    """Wire an engine for the base, a storage backend and the ``[serve]`` settings into a server.
 
     Args:
-        hub: the plugin host.
-        settings: :class:`hub.config.Settings` (``serve.*`` keys, ``home`` for API keys).
-        base: a :class:`hub.models.LoadedBase` (loaded once; its linear layers get wrapped).
+        hub: the plugin host (its ``register_engines`` provide the engine).
+        settings: :class:`hub.config.Settings` (``serve.*`` keys, ``serve.engine`` picks the
+            engine, ``home`` for API keys).
+        base: the base to serve: a checkpoint or Hugging Face directory, a
+            :class:`hub.models.LoadedBase` already loaded (its linear layers get wrapped by
+            the ``hf`` engine), or an :class:`hub.engines.Engine` already built (not started).
         store: a storage backend instance the server reads adapters from.
         identity: the server's team in storage (default ``serve.identity``).
     """
-    import torch
-
-    from server.lora import LoRABank
-
     s = settings.get
     metrics = ServerMetrics(max_label_values=s("serve.metrics_max_label_values"))
-    bank = LoRABank(base.model, torch.float32)  # LoRA math in fp32, like PEFT
-    tok = base.tokenizer
-    eos = {tok.eos_token_id}
-    end = tok.convert_tokens_to_ids("<|end|>")
-    if isinstance(end, int) and end != tok.unk_token_id:
-        eos.add(end)  # chat turns end with <|end|>
-    engine = Engine(
-        base.model,
-        tok,
-        bank,
-        max_batch=s("serve.max_batch"),
-        max_queue=s("serve.max_queue"),
-        eos_ids=eos,
-        on_step=metrics.batch_rows.observe,
-        on_finish=metrics.observe_finish,
-    )
+    engine = base if isinstance(base, Engine) else open_engine(hub, settings, base)
+    engine.on_step = metrics.batch_rows.observe
+    engine.on_finish = metrics.observe_finish
     cache = AdapterCache(
         hub,
         store,
         identity or s("serve.identity"),
-        bank,
-        base_fingerprint=base.fingerprint,
+        engine,
+        base_fingerprint=engine.base_fingerprint,
         max_resident=s("serve.max_resident"),
         max_bytes=s("serve.max_resident_bytes"),
         list_ttl_s=s("serve.list_ttl_s"),
@@ -158,17 +144,16 @@ def build_state(
         lambda: len(cache.info()),
         lambda: cache.resident_bytes,
     )
-    context = int(getattr(base.model.config, "max_position_embeddings", 2048))
     return ServerState(
         engine=engine,
         cache=cache,
         keys=KeyStore(Path(settings.home)),
         limiter=RateLimiter(s("serve.rate_limit_per_minute")),
         metrics=metrics,
-        tokenizer=tok,
-        context=context,
+        tokenizer=engine.tokenizer,
+        context=engine.context,
         max_tokens_cap=s("serve.max_tokens_cap"),
         request_timeout_s=s("serve.request_timeout_s"),
-        base_fingerprint=base.fingerprint,
+        base_fingerprint=engine.base_fingerprint,
         unknown_fields=s("serve.unknown_fields"),
     )

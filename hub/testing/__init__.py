@@ -11,7 +11,7 @@ Fixtures:
 Contract suites (subclass one and provide its fixture to inherit the conformance tests):
 :class:`QuantizerContract`, :class:`AdapterMethodContract`,
 :class:`OptimizerFactoryContract`, :class:`StorageBackendContract`,
-:class:`AggregatorContract`. See docs/testing-plugins.md.
+:class:`AggregatorContract`, :class:`EngineContract`. See docs/testing-plugins.md.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from hub.plugins import Hub
 from hub.testing.adapter import AdapterMethodContract
 from hub.testing.aggregator import AggregatorContract
 from hub.testing.cli import CliResult, run_cli
+from hub.testing.engine import EngineContract
 from hub.testing.optimizer import OptimizerFactoryContract
 from hub.testing.quantizer import QuantizerContract
 from hub.testing.storage import StorageBackendContract
@@ -34,6 +35,7 @@ __all__ = [
     "AdapterMethodContract",
     "AggregatorContract",
     "CliResult",
+    "EngineContract",
     "OptimizerFactoryContract",
     "QuantizerContract",
     "StorageBackendContract",

@@ -3,10 +3,16 @@
 Adapters (published by team ``alpha`` and shared with the server unless noted):
 ``upper`` and ``reverse`` (trained fixtures), ``r0``..``r5`` (seeded random LoRAs),
 ``private`` (alpha's, not shared with the server), ``beta-only`` (team beta's).
+
+Engines: the servers run on every engine in ``QLORA_HUB_TEST_ENGINES`` (comma separated,
+default ``hf``; ``hf`` always runs, others only when their plugin is installed), through
+the session fixture ``engine_name``. Modules in :data:`ENGINE_INTERNAL` test the ``hf``
+engine's own machinery (its bank, sampler or batch) and run on ``hf`` only.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -20,6 +26,68 @@ from hub.types import AdapterPayload
 
 RANDOM_NAMES = [f"r{i}" for i in range(6)]
 EIGHT = ["upper", "reverse", *RANDOM_NAMES]
+
+ENGINES_ENV = "QLORA_HUB_TEST_ENGINES"
+
+ENGINE_INTERNAL = {
+    "test_engine.py": "the hf batching worker itself",
+    "test_isolation.py": "the hf worker's rows and KV cache",
+    "test_lora_architectures.py": "the gathered-LoRA bank on several architectures",
+    "test_architectures.py": "the hf engine on several architectures, holding its bank lock",
+    "test_sampling_rows.py": "the hf sampler's row functions",
+}
+"""Server test modules that run on the ``hf`` engine only, and why (single tests say so
+with ``@pytest.mark.engine_internal``). Every other test that uses a server fixture runs
+on each engine of ``QLORA_HUB_TEST_ENGINES``."""
+
+
+ENGINE_REQUIRES = {"vllm": "vllm"}
+"""Engine -> the module it needs; an engine whose module is not installed is left out."""
+
+
+def engines_under_test() -> list[str]:
+    """``hf``, then the other engines named in ``QLORA_HUB_TEST_ENGINES`` that are registered
+    and installed."""
+    import importlib.util
+
+    wanted = [e.strip() for e in os.environ.get(ENGINES_ENV, "hf").split(",") if e.strip()]
+    others = [e for e in dict.fromkeys(wanted) if e != "hf"]
+    if not others:
+        return ["hf"]
+    from hub.plugins import Hub
+
+    known = Hub().engines
+    return ["hf"] + [
+        e
+        for e in others
+        if e in known and importlib.util.find_spec(ENGINE_REQUIRES.get(e, "hub")) is not None
+    ]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "engine_internal: tests the hf engine's own machinery (hf only)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run engine-internal modules on ``hf`` only (deselect their other engines' items)."""
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        engine = callspec.params.get("engine_name", "hf") if callspec else "hf"
+        internal = item.path.name in ENGINE_INTERNAL or item.get_closest_marker("engine_internal")
+        (drop if engine != "hf" and internal else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(scope="session", params=engines_under_test())
+def engine_name(request: pytest.FixtureRequest) -> str:
+    """The engine the server fixtures run (``serve.engine``): ``hf``, and each other engine
+    named in ``QLORA_HUB_TEST_ENGINES`` that is installed."""
+    return request.param
 
 
 @dataclass
@@ -179,16 +247,15 @@ def serve_home(
 
 
 @pytest.fixture(scope="session")
-def live_server(serve_home: dict[str, Any], embedded_base: Path):
-    """The server under uvicorn on loopback, shared by the API tests."""
+def live_server(serve_home: dict[str, Any], embedded_base: Path, engine_name: str):
+    """The server under uvicorn on loopback, shared by the API tests (one per engine)."""
     from server.app import build_state, create_app
-    from server.model import load_served_base
 
     hub, settings = serve_home["hub"], serve_home["settings"]
     settings.override("serve.rate_limit_per_minute", 100_000)
     settings.override("serve.max_body_bytes", 64 * 1024)
-    loaded = load_served_base(hub, embedded_base)
-    state = build_state(hub, settings, loaded, serve_home["store"], identity="server")
+    settings.override("serve.engine", engine_name)
+    state = build_state(hub, settings, embedded_base, serve_home["store"], identity="server")
     app = create_app(state, hub, max_body_bytes=64 * 1024)
     server, thread, url = start_uvicorn(app)
     live = LiveServer(
@@ -200,7 +267,7 @@ def live_server(serve_home: dict[str, Any], embedded_base: Path):
 
 
 @pytest.fixture(scope="module")
-def vault_server(tmp_path_factory: pytest.TempPathFactory, embedded_base: Path):
+def vault_server(tmp_path_factory: pytest.TempPathFactory, embedded_base: Path, engine_name: str):
     """A server reading adapters from the `vault` backend as its own team ``server``.
 
     Teams ``alpha`` and ``server`` have keys in one home (each trusts the other);
@@ -215,7 +282,6 @@ def vault_server(tmp_path_factory: pytest.TempPathFactory, embedded_base: Path):
     from hub.store import open_store
     from server.app import build_state, create_app
     from server.auth import KeyStore
-    from server.model import load_served_base
 
     home = tmp_path_factory.mktemp("vault-serve-home")
     for team in ("alpha", "server"):
@@ -229,8 +295,8 @@ def vault_server(tmp_path_factory: pytest.TempPathFactory, embedded_base: Path):
     served_from = open_store(hub, settings, team="server")
     keys = KeyStore(home)
     tokens = {"alpha": keys.create("alpha")[1], "admin": keys.create("ops", admin=True)[1]}
-    loaded = load_served_base(hub, embedded_base)
-    state = build_state(hub, settings, loaded, served_from, identity="server")
+    settings.override("serve.engine", engine_name)
+    state = build_state(hub, settings, embedded_base, served_from, identity="server")
     server, thread, url = start_uvicorn(create_app(state, hub))
     yield LiveServer(url, tokens, state, publisher, home, hub, server, thread)
     server.should_exit = True
@@ -274,10 +340,10 @@ def start_small_server(
     small_home: dict[str, Any], embedded_base: Path, **values: Any
 ) -> LiveServer:
     """A server on ``small_home`` with ``serve.*`` settings overridden (``max_queue=2`` means
-    ``serve.max_queue``); stop it with :meth:`LiveServer.stop`."""
+    ``serve.max_queue``, ``engine="vllm"`` picks the engine; default ``hf``); stop it with
+    :meth:`LiveServer.stop`."""
     from hub.config import load_settings
     from server.app import build_state, create_app
-    from server.model import load_served_base
 
     settings = load_settings(small_home["home"])
     settings.override("hub.storage", "local")
@@ -285,8 +351,7 @@ def start_small_server(
     for key, value in values.items():
         settings.override(f"serve.{key}", value)
     hub = small_home["hub"]
-    loaded = load_served_base(hub, embedded_base)
-    state = build_state(hub, settings, loaded, small_home["store"], identity="server")
+    state = build_state(hub, settings, embedded_base, small_home["store"], identity="server")
     app = create_app(state, hub, max_body_bytes=settings.get("serve.max_body_bytes"))
     server, thread, url = start_uvicorn(app)
     return LiveServer(

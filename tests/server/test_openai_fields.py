@@ -157,6 +157,7 @@ def test_n_choices_stream_with_their_index_and_give_the_pin_back(live_server, cl
     assert [e["in_use"] for e in live_server.state.cache.info() if e["name"] == "r1"] == [0]
 
 
+@pytest.mark.engine_internal  # reference_greedy runs the hf engine's model and bank
 def test_completion_logprobs_equal_the_models_log_softmax(live_server, client) -> None:
     tokens, logprobs = reference_greedy(live_server, "seven:", 5, without_end(live_server))
     kwargs = dict(
@@ -208,6 +209,7 @@ def test_chat_logprobs_with_top_logprobs_in_openai_shape_streamed_too(live_serve
     assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
 
 
+@pytest.mark.engine_internal  # reference_greedy runs the hf engine's model and bank
 def test_penalties_change_greedy_output_as_the_openai_rule_says(live_server, client) -> None:
     end = without_end(live_server)
 
