@@ -17,7 +17,8 @@ from urllib.parse import urlparse
 
 from hub.errors import ConfigError, IntegrityError, PluginError
 
-_KEY_RE = re.compile(r"[a-z0-9_-]+(/[a-z0-9_.-]+)*", re.ASCII)
+# the first segment may hold dots (``round.json``) but not start with one (temp files do)
+_KEY_RE = re.compile(r"[a-z0-9_-][a-z0-9_.-]*(/[a-z0-9_.-]+)*", re.ASCII)
 _SCHEME_RE = re.compile(r"[a-z][a-z0-9+.-]{0,31}", re.ASCII)
 
 
