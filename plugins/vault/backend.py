@@ -234,7 +234,11 @@ class Vault:
     ) -> dict[str, bytes]:
         oid = state.versions[version].object_id
         key_ = self._key(oid, "payload")
-        # Stores that can map a blob avoid reading it into a second buffer.
+        # A store that can read a blob piece by piece (file://) saves a copy of the whole
+        # payload: each chunk is read into one small reused buffer, then decrypted.
+        if hasattr(self.blobs, "reader"):
+            with self.blobs.reader(key_) as blob:
+                return decrypt_files(blob, key, bytes.fromhex(oid), version, manifest["files"])
         blob = self.blobs.view(key_) if hasattr(self.blobs, "view") else self.blobs.get(key_)
         return decrypt_files(blob, key, bytes.fromhex(oid), version, manifest["files"])
 

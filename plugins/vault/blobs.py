@@ -31,6 +31,53 @@ MAX_DEPTH = 16
 """Folders a key may have (``objects/<id>/keys/<team>`` has three); deeper trees are refused."""
 
 
+class PayloadFile:
+    """An open blob read piece by piece with ``pread`` into one reused buffer.
+
+    Pull decrypts each chunk straight from that small buffer, which stays in
+    the CPU cache: neither a memory map (a writer who truncates a mapped file
+    kills the reader with SIGBUS) nor a copy of the whole payload into a
+    fresh buffer of its size (page faults and a second pass over memory). A
+    file that shrinks while it is read is an IntegrityError, never a crash.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.size = os.fstat(fd).st_size
+        self._buf = bytearray()
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __enter__(self) -> PayloadFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def read_at(self, pos: int, n: int) -> memoryview:
+        """``n`` bytes at ``pos``, in the reused buffer (valid until the next call)."""
+        if len(self._buf) < n:
+            self._buf = bytearray(n)
+        view = memoryview(self._buf)[:n]
+        got = 0
+        while got < n:
+            k = os.preadv(self.fd, [view[got:]], pos + got)
+            if k <= 0:
+                raise IntegrityError(
+                    "payload is shorter than its header says (truncated while it was read?): "
+                    "the vault was altered outside qlora-hub"
+                )
+            got += k
+        return view
+
+
 class FileBlobStore:
     """``file://`` blobs: one file per key, written with temp file + fsync + rename.
 
@@ -192,6 +239,10 @@ class FileBlobStore:
                     break
                 got += n
             return buf[:got]
+
+    def reader(self, key: str) -> PayloadFile:
+        """The blob opened for reading piece by piece (how pull reads large payloads)."""
+        return PayloadFile(self._open_file(key))
 
     def exists(self, key: str) -> bool:
         """Whether the blob is a regular file (a link is refused)."""

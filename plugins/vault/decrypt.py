@@ -31,7 +31,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from hub.errors import IntegrityError
-from plugins.vault.objects import NONCE, TAG, check_layout, chunk_aad
+from plugins.vault.objects import HEADER_SIZE, NONCE, TAG, check_layout, chunk_aad
 from plugins.vault.workers import in_background
 
 HASH_THREAD_MIN_BYTES = 4 << 20
@@ -81,7 +81,7 @@ class _Hasher:
 
 
 def decrypt_files(
-    blob: bytes | memoryview,
+    blob: bytes | memoryview | Any,
     key: bytes,
     object_id: bytes,
     version: int,
@@ -90,7 +90,8 @@ def decrypt_files(
     """Authenticate and decrypt a payload into its files, checking each file's SHA-256.
 
     ``entries`` is the signed manifest's ``files`` list (name, size, sha256,
-    in payload order).
+    in payload order). ``blob`` is the payload's bytes, or an open
+    :class:`plugins.vault.blobs.PayloadFile` read one chunk at a time.
 
     Raises:
         IntegrityError: a header, chunk, length or file hash does not match.
@@ -98,7 +99,12 @@ def decrypt_files(
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    head, sizes, header = check_layout(blob, object_id, version)
+    reader = blob if hasattr(blob, "read_at") else None
+    if reader is not None:
+        start = bytes(reader.read_at(0, min(HEADER_SIZE, len(reader))))
+        head, sizes, header = check_layout(start, object_id, version, size=len(reader))
+    else:
+        head, sizes, header = check_layout(blob, object_id, version)
     lengths = [e.get("size") for e in entries]
     bad = not lengths or any(type(n) is not int or n < 0 for n in lengths)
     if bad or sum(lengths) != head.length:
@@ -111,7 +117,7 @@ def decrypt_files(
         bounds.append((pos, pos + n))
         pos += n
     hasher = _Hasher(len(entries), threaded=head.length >= HASH_THREAD_MIN_BYTES)
-    src = memoryview(blob)
+    src = memoryview(blob) if reader is None else None
     aes = AESGCM(key)
     scratch: memoryview | None = None
     first, at, pos = 0, 0, len(header)  # first file not yet complete; plaintext offset; blob offset
@@ -119,8 +125,12 @@ def decrypt_files(
         for i, size in enumerate(sizes):
             while first < len(lengths) - 1 and bounds[first][1] <= at:
                 first += 1
-            nonce = src[pos : pos + NONCE]
-            body = src[pos + NONCE : pos + NONCE + size + TAG]
+            if src is not None:
+                nonce = src[pos : pos + NONCE]
+                body = src[pos + NONCE : pos + NONCE + size + TAG]
+            else:  # the sizes were checked against the file's size: at most one chunk here
+                piece = reader.read_at(pos, NONCE + size + TAG)
+                nonce, body = piece[:NONCE], piece[NONCE:]
             aad = chunk_aad(header, i, i == len(sizes) - 1)
             start, stop = bounds[first]
             inside = at + size <= stop

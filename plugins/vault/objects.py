@@ -123,14 +123,19 @@ def encrypt_payload(
     return out
 
 
+HEADER_SIZE = _HEADER.size
+
+
 def check_layout(
-    blob: bytes | memoryview, object_id: bytes, version: int
+    blob: bytes | memoryview, object_id: bytes, version: int, size: int | None = None
 ) -> tuple[PayloadHeader, list[int], bytes]:
     """Parse the header and check the blob's length against it, before any decryption.
 
     Returns (header, chunk plaintext sizes, header bytes). The header is in
     every chunk's associated data, so a header that passes here but was
     altered still fails at the first chunk.
+
+    ``size``: the payload's real size when ``blob`` holds only its start.
 
     Raises:
         IntegrityError: wrong object or version, or chunks truncated, dropped or added.
@@ -140,7 +145,7 @@ def check_layout(
         raise IntegrityError("payload belongs to another object or version: blobs were swapped")
     # Every length is checked against the blob's real size before anything is allocated:
     # a header claiming 2**40 one-byte chunks fails here, not in a 2**40-entry list.
-    if len(blob) != head.blob_size:
+    if (len(blob) if size is None else size) != head.blob_size:
         raise IntegrityError(
             "payload length does not match its header: chunks were truncated, dropped or added"
         )

@@ -89,3 +89,34 @@ def test_manifest_without_files_is_refused(mode):
     blob, _ = _payload({"x": b""})
     with pytest.raises(IntegrityError, match="payload length does not match the signed manifest"):
         decrypt.decrypt_files(blob, KEY, OID, 1, [])
+
+
+def _opened(tmp_path, blob: bytes):
+    from plugins.vault.blobs import PayloadFile
+
+    path = tmp_path / "payload"
+    path.write_bytes(bytes(blob))
+    return PayloadFile(os.open(path, os.O_RDONLY)), path
+
+
+def test_a_payload_file_read_chunk_by_chunk_gives_the_same_files(mode, tmp_path):
+    blob, entries = _payload(FILES)
+    opened, _ = _opened(tmp_path, blob)
+    with opened:
+        assert decrypt.decrypt_files(opened, KEY, OID, 1, entries) == FILES
+
+
+def test_a_payload_file_truncated_after_opening_is_one_line_refusal(mode, tmp_path):
+    blob, entries = _payload(FILES)
+    opened, path = _opened(tmp_path, blob)
+    os.truncate(path, len(blob) - 100)  # the size was taken when it was opened
+    with opened, pytest.raises(IntegrityError, match="payload is shorter than its header says"):
+        decrypt.decrypt_files(opened, KEY, OID, 1, entries)
+
+
+def test_a_payload_file_with_an_altered_chunk_is_refused(mode, tmp_path):
+    blob, entries = _payload(FILES)
+    blob[objects.HEADER_SIZE + CHUNK + objects.NONCE + objects.TAG + 7] ^= 1
+    opened, _ = _opened(tmp_path, blob)
+    with opened, pytest.raises(IntegrityError, match="payload chunk 1 failed authentication"):
+        decrypt.decrypt_files(opened, KEY, OID, 1, entries)
