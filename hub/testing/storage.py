@@ -220,6 +220,14 @@ class StorageBackendContract(ProtocolContract):
         with pytest.raises(ValidationError):
             contract_store.pull(AdapterRef(bad), team="alpha")
 
+    def test_owner_qualified_ref_reads_only_the_owners_version(self, contract_store: Any) -> None:
+        adapter = sample_adapter("upper")
+        ref = contract_store.push(adapter, team="alpha", share_with=["beta"])
+        got = contract_store.pull(AdapterRef.parse(f"alpha/upper@{ref.version}"), team="beta")
+        assert (got.name, got.version, got.files) == ("upper", ref.version, adapter.files)
+        with pytest.raises(UnknownNameError, match="no adapter gamma/upper"):
+            contract_store.pull(AdapterRef.parse("gamma/upper"), team="beta")
+
     def test_case_collision_is_rejected(self, contract_store: Any) -> None:
         contract_store.push(sample_adapter("upper"), team="alpha")
         with pytest.raises(ValidationError, match="collides"):

@@ -205,3 +205,27 @@ def test_a_team_without_keys_stores_nothing(world, tmp_path):
     with pytest.raises(UnknownNameError, match="no keys for team 'alpha'"):
         open_as("alpha", home=keyless).push(sample_adapter("upper", 1))
     assert not (root / "upper").exists()
+
+
+def test_cli_pulls_an_owner_qualified_ref(qlora_cli, tmp_path):
+    import qlora_hub_dirstore
+
+    plugins = [("dirstore", qlora_hub_dirstore)]
+    config = tmp_path / "dirstore.toml"
+    config.write_text('[hub]\nstorage = "dirstore"\n')
+    adapter_dir = tmp_path / "adapter"
+    adapter_dir.mkdir()
+    for fname, data in sample_adapter("upper").files.items():
+        (adapter_dir / fname).write_bytes(data)
+
+    def cli(*args):
+        return qlora_cli("--config", str(config), *args, "--team", "alpha", plugins=plugins)
+
+    assert qlora_cli("team", "create", "alpha", "--no-passphrase", plugins=plugins).exit_code == 0
+    push = cli("adapters", "push", str(adapter_dir), "--name", "upper")
+    assert push.exit_code == 0, push.err
+    res = cli("adapters", "pull", "alpha/upper@1")
+    assert res.exit_code == 0, res.err
+    assert res.out.startswith("upper@1 by alpha: ") and "verified" in res.out
+    res = cli("adapters", "pull", "beta/upper")
+    assert res.exit_code == 2 and res.err.startswith("error: no adapter beta/upper: ")
