@@ -41,12 +41,26 @@ class CliState:
             self._settings = load_settings(self.home, self.config_file, self.hub)
         return self._settings
 
+    def device(self, flag: str | None = None) -> str:
+        """The device a command runs on: ``--device`` if given, else setting ``hub.device``."""
+        return flag or self.settings.get("hub.device")
+
     def writable_home(self) -> Path:
         """The home directory, created and checked writable."""
         return ensure_home(self.home)
 
 
 pass_state = click.make_pass_decorator(CliState)
+
+
+def device_option(fn: Callable) -> Callable:
+    """The ``--device`` option of every command that loads a model (read with ``CliState.device``)."""
+    return click.option(
+        "--device",
+        default=None,
+        metavar="auto|cpu|cuda[:N]",
+        help="Where the model runs [setting hub.device; auto: cuda:0 if visible, else cpu].",
+    )(fn)
 
 
 _GROUPS = {

@@ -29,6 +29,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, type]]] = {
     "hub": {
         "storage": ("vault", str),
         "team": ("", str),
+        "device": ("auto", str),  # auto, cpu, cuda, cuda:N (hub.models.resolve_device)
     },
     "adapters": {
         "max_bytes": (2 << 30, int),  # push, import and pull refuse larger adapters

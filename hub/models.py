@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hub.base import fingerprint
-from hub.errors import IntegrityError
+from hub.errors import ConfigError, IntegrityError
 
 if TYPE_CHECKING:
     from hub.plugins import Hub
@@ -33,6 +33,8 @@ class LoadedBase:
     """sha256 of the *source* weights: the same for a model and its pre-quantized checkpoint."""
     method: str
     source: str
+    device: Any = None
+    """The ``torch.device`` the model's parameters are on (:func:`model_device`)."""
 
 
 def is_checkpoint(source: str | Path) -> bool:
@@ -54,21 +56,83 @@ def read_checkpoint_manifest(source: str | Path) -> dict[str, Any]:
     return manifest
 
 
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+"""What ``--device`` (setting ``hub.device``) accepts, for messages."""
+
+
+def resolve_device(value: Any = "auto") -> Any:
+    """The ``torch.device`` that ``--device VALUE`` (setting ``hub.device``) names.
+
+    Args:
+        value: ``auto`` (or ``None``/empty: the first GPU when CUDA is available,
+            else the CPU), ``cpu``, ``cuda``, ``cuda:N``, or a ``torch.device``.
+
+    Raises:
+        ConfigError: a value of another form, or a CUDA device that is not visible
+            (one line naming the flag and the fix).
+    """
+    import torch
+
+    if isinstance(value, torch.device):
+        value = str(value)
+    text = "auto" if value is None else str(value).strip().lower()
+    if text in ("", "auto"):
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    kind, sep, index = text.partition(":")
+    if kind != "cuda" or (sep and not index.isdigit()):
+        raise ConfigError(f"--device {value}: not a device; use {DEVICE_CHOICES}")
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"--device {text}: no CUDA device is visible (torch.cuda.is_available() is False); "
+            "use --device cpu"
+        )
+    n = int(index) if sep else 0
+    count = torch.cuda.device_count()
+    if n >= count:
+        raise ConfigError(
+            f"--device {text}: only {count} CUDA device(s) are visible (cuda:0 to "
+            f"cuda:{count - 1}); pick one of them or use --device cpu"
+        )
+    return torch.device("cuda", n)
+
+
+def model_device(model: Any) -> Any:
+    """The device of ``model``'s first parameter (or buffer; the CPU for an empty model)."""
+    import torch
+
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _device_type(value: Any) -> str:
+    """``cpu`` or ``cuda`` for a device value, without requiring a named GPU to be visible."""
+    text = "" if value is None else str(value).strip().lower()
+    if text == "cpu" or text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text.partition(":")[0]
+    return resolve_device(value).type  # auto (a GPU if visible) or a bad value's error
+
+
 _NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def default_compute_dtype() -> str:
-    """``bfloat16`` where it is fast (a GPU, or a CPU with native bf16), else ``float32``.
+def default_compute_dtype(device: Any = None) -> str:
+    """``bfloat16`` where it is fast on ``device`` (a GPU, or a CPU with native bf16), else ``float32``.
 
     CPUs with only AVX2 run a bf16 matmul about 35x slower than float32 (measured
     on a 2-core AVX2 machine: 112 ms vs 3.3 ms for 512x256 @ 256x256), which made
     training on the embedded base take hours instead of a minute; the packed 4-bit
     weights are the same either way. Setting ``quantize.compute_dtype`` (``auto``
     by default) or an explicit option overrides it.
-    """
-    import torch
 
-    if torch.cuda.is_available():
+    Args:
+        device: where the model computes: anything :func:`resolve_device` takes
+            (``None``: ``auto``). ``cpu`` picks by the CPU's flags even when a GPU is
+            visible; ``cuda[:N]`` is bf16 whether or not one is visible here.
+    """
+    if _device_type(device) == "cuda":
         return "bfloat16"
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
@@ -78,10 +142,25 @@ def default_compute_dtype() -> str:
     return "bfloat16" if any(f in flags for f in _NATIVE_BF16_FLAGS) else "float32"
 
 
+def _takes_device(fn: Any) -> bool:
+    """True when a quantizer's ``load``/``load_quantized`` accepts a ``device`` keyword."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "device" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def load_base(
-    hub: Hub, source: str | Path, method: str | None = None, options: dict[str, Any] | None = None
+    hub: Hub,
+    source: str | Path,
+    method: str | None = None,
+    options: dict[str, Any] | None = None,
+    device: Any = None,
 ) -> LoadedBase:
-    """Load ``source`` as a quantized base.
+    """Load ``source`` as a quantized base on ``device``.
 
     Args:
         hub: the plugin host (its quantizer registry is used).
@@ -89,27 +168,48 @@ def load_base(
         method: quantizer name for a non-checkpoint source (default ``nf4``); ignored for
             checkpoints, whose manifest names the method.
         options: quantizer options for a non-checkpoint source.
+        device: ``auto`` (``None``), ``cpu``, ``cuda`` or ``cuda:N`` (:func:`resolve_device`).
+            A quantizer whose ``load``/``load_quantized`` takes a ``device`` keyword
+            loads there; another one loads as it likes and is then moved with ``.to``.
+
+    Raises:
+        ConfigError: a bad or unavailable ``device`` (before anything is read).
     """
     from transformers import AutoTokenizer
 
+    target = resolve_device(device)
     if is_checkpoint(source):
         manifest = read_checkpoint_manifest(source)
         quantizer = hub.quantizers[manifest["method"]]
-        model = quantizer.load_quantized(Path(source))
+        load, args = quantizer.load_quantized, (Path(source),)
         fp = manifest["base_fingerprint"]
         method = manifest["method"]
     else:
         method = method or "nf4"
         quantizer = hub.quantizers[method]
         options = dict(options or {})
-        if "compute_dtype" in getattr(quantizer, "supported_options", ()):
-            options.setdefault("compute_dtype", default_compute_dtype())
-        model = quantizer.load(source, options)
+        supported = getattr(quantizer, "supported_options", ())
+        if "compute_dtype" in supported and options.get("compute_dtype") in (None, "auto"):
+            options["compute_dtype"] = default_compute_dtype(target)
+        load, args = quantizer.load, (source, options)
+        fp = None
+    if _takes_device(load):
+        model = load(*args, device=target)
+    else:
+        model = load(*args)
+        if model_device(model) != target:
+            model = model.to(target)
+    if fp is None:
         # A quantizer may record the fingerprint it computed (pickle weights, hub ids).
         fp = (getattr(model, "qlora_hub_quant", None) or {}).get("base_fingerprint") or (
             fingerprint(Path(source)) if Path(source).is_dir() else f"hf:{source}"
         )
     tokenizer = AutoTokenizer.from_pretrained(str(source))
     return LoadedBase(
-        model=model, tokenizer=tokenizer, fingerprint=fp, method=method, source=str(source)
+        model=model,
+        tokenizer=tokenizer,
+        fingerprint=fp,
+        method=method,
+        source=str(source),
+        device=model_device(model),
     )

@@ -49,7 +49,10 @@ class LoraMethod:
         """Wrap ``model`` in a ``PeftModel`` with a fresh trainable adapter named ``default``.
 
         A quantized base goes through ``prepare_model_for_kbit_training`` first
-        (norms in fp32, input grads for checkpointing). Unknown target modules
+        (norms in fp32, input grads for checkpointing). Gradient checkpointing,
+        when asked for, is the non-reentrant kind (``use_reentrant=False``: it
+        needs no input that requires grad, and works with frozen 4-bit layers
+        and autocast). Unknown target modules
         are refused with the list of the model's linear modules. On CPU the
         LoRA dropout is :class:`plugins.lora.dropout.LoraDropout` (the same
         Bernoulli mask as ``nn.Dropout``, with far fewer random draws).
@@ -67,12 +70,15 @@ class LoraMethod:
                     f"unknown target modules {', '.join(unknown)}: this model's linear modules "
                     f"are {', '.join(linear)} (or use all-linear)"
                 )
+        checkpointing = {"use_reentrant": False}
         if is_quantized(model):
             model = prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=opts.gradient_checkpointing
+                model,
+                use_gradient_checkpointing=opts.gradient_checkpointing,
+                gradient_checkpointing_kwargs=checkpointing,
             )
         elif opts.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
             model.enable_input_require_grads()
         with _quiet_peft_init():
             peft_model = get_peft_model(model, self.lora_config(opts))

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from hub.cli import CliState, pass_state
+from hub.cli import CliState, device_option, pass_state
 from hub.errors import ValidationError
 from plugins.nf4.options import DTYPES, STORAGE_DTYPES
 
@@ -49,15 +49,18 @@ def _summary(manifest: dict[str, Any], footprint: dict[str, Any], out: Path) -> 
     )
 
 
-def _load_reporting_skips(quantizer: Any, base: str, options: dict[str, Any]) -> Any:
-    """``quantizer.load``, with skipped-layer warnings printed as one ``warning:`` line each."""
+def _load_reporting_skips(
+    state: CliState, method: str, base: str, options: dict[str, Any], device: str
+) -> Any:
+    """The quantized model (on ``device``), skipped-layer warnings printed as ``warning:`` lines."""
     import warnings
 
+    from hub.models import load_base
     from plugins.nf4.quantizers import SkippedLayersWarning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SkippedLayersWarning)
-        model = quantizer.load(base, options)
+        model = load_base(state.hub, base, method, options, device=device).model
     for w in caught:
         if issubclass(w.category, SkippedLayersWarning):
             click.echo(f"warning: {w.message}", err=True)
@@ -90,6 +93,7 @@ def _load_reporting_skips(quantizer: Any, base: str, options: dict[str, Any]) ->
 @click.option("--skip-module", "skip_modules", multiple=True, help="Keep a module unquantized.")
 @click.option("--allow-pickle", is_flag=True, help="Accept pytorch_model.bin (weights_only=True).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@device_option
 @pass_state
 def quantize_cmd(
     state: CliState,
@@ -98,6 +102,7 @@ def quantize_cmd(
     report: bool,
     method: str | None,
     as_json: bool,
+    device: str | None,
     **flags: Any,
 ) -> None:
     """Quantize BASE (model directory or hub id): write a checkpoint (--out) or report (--report)."""
@@ -122,10 +127,14 @@ def quantize_cmd(
         else:
             print_report(result)
         return
+    from hub.models import resolve_device
     from plugins.nf4.checkpoint import ensure_empty_dir
 
     ensure_empty_dir(out)  # fail before the (slow) load
-    model = _load_reporting_skips(quantizer, base, quantizer_options(state, method, flags))
+    device = state.device(device)
+    resolve_device(device)  # a bad --device fails before the load too
+    options = quantizer_options(state, method, flags)
+    model = _load_reporting_skips(state, method, base, options, device)
     manifest = quantizer.save(model, out, {"created_by": "qlora-hub quantize"})
     footprint = quantizer.footprint(model)
     if as_json:

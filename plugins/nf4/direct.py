@@ -23,8 +23,13 @@ The file's keys must match the skeleton's parameters one to one; when they do
 not (an architecture whose checkpoint keys ``from_pretrained`` renames or
 fuses, a persistent buffer the skeleton lacks), :func:`load_direct` returns
 ``None`` before touching any weight and the caller uses ``from_pretrained``.
-Only 4-bit checkpoints on CPU take this path: on CUDA, ``from_pretrained``
-places the model on the GPU itself.
+Only 4-bit checkpoints take this path. On a GPU every tensor is copied to
+the device as it is put in (the packed weights and their quantization state
+through ``Params4bit.from_prequantized(device=...)``, which builds the
+``QuantState`` there), and the buffers the skeleton computed on the CPU
+follow; nothing is quantized again. If this transformers lacks one of the
+internals used here, :func:`load_direct` returns ``None`` and the caller
+uses ``from_pretrained``.
 """
 
 from __future__ import annotations
@@ -46,8 +51,8 @@ def _read_tensors(files: list[Path]) -> Iterator[tuple[str, Any]]:
                 yield key, f.get_tensor(key)
 
 
-def _skeleton(config: Any, quantizer: Any) -> Any:
-    """The architecture with meta parameters, real buffers and ``Linear4bit`` layers."""
+def _skeleton(config: Any, quantizer: Any, device_map: dict[str, Any]) -> Any:
+    """The architecture with meta parameters, real (CPU) buffers and ``Linear4bit`` layers."""
     from accelerate import init_empty_weights
     from transformers import initialization as init
     from transformers.modeling_utils import local_torch_dtype
@@ -68,7 +73,7 @@ def _skeleton(config: Any, quantizer: Any) -> Any:
         model = cls(config)
         patch_output_recorders(model)
         quantizer.preprocess_model(
-            model=model, dtype=dtype, device_map={"": "cpu"}, checkpoint_files=[]
+            model=model, dtype=dtype, device_map=device_map, checkpoint_files=[]
         )
     return model
 
@@ -82,12 +87,13 @@ def _to_load(model: Any) -> set[str]:
     return names - tied
 
 
-def load_direct(checkpoint: Path) -> Any | None:
+def load_direct(checkpoint: Path, device: Any = None) -> Any | None:
     """Load a verified 4-bit checkpoint without ``from_pretrained``; ``None`` if it does not fit.
 
     Args:
         checkpoint: a directory :func:`plugins.nf4.checkpoint.verify_checkpoint`
             accepted, written for a 4-bit method (nf4, fp4).
+        device: a ``torch.device`` (``None``: the CPU); every parameter and buffer ends there.
 
     Returns:
         The model in eval mode, or ``None`` when the checkpoint's keys are not
@@ -99,8 +105,7 @@ def load_direct(checkpoint: Path) -> Any | None:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
     from transformers.quantizers import AutoHfQuantizer
 
-    if torch.cuda.is_available():
-        return None
+    device = torch.device("cpu") if device is None else torch.device(device)
     checkpoint = Path(checkpoint)
     config = AutoConfig.from_pretrained(checkpoint)
     qconfig = getattr(config, "quantization_config", None)
@@ -110,7 +115,10 @@ def load_direct(checkpoint: Path) -> Any | None:
     if not getattr(quantizer.quantization_config, "load_in_4bit", False):
         return None
     config.name_or_path = str(checkpoint)
-    model = _skeleton(config, quantizer)
+    try:
+        model = _skeleton(config, quantizer, {"": device.index if device.type == "cuda" else "cpu"})
+    except ImportError:  # an older transformers without these internals
+        return None
 
     # Group each packed weight with its quantization stats ("<module>.weight.absmax", ...).
     plain: dict[str, Any] = {}
@@ -133,15 +141,22 @@ def load_direct(checkpoint: Path) -> Any | None:
         module = model.get_submodule(module_name)
         if key in packed:
             module._parameters[name] = bnb.nn.Params4bit.from_prequantized(
-                data=tensor, quantized_stats=stats[module_name], device=tensor.device,
-                module=module,
+                data=tensor, quantized_stats=stats[module_name], device=device, module=module,
             )  # fmt: skip
         elif name in module._buffers:
-            module._buffers[name] = tensor
+            module._buffers[name] = tensor.to(device)
         else:
             old = module._parameters[name]
-            module._parameters[name] = torch.nn.Parameter(tensor, requires_grad=old.requires_grad)
+            module._parameters[name] = torch.nn.Parameter(
+                tensor.to(device), requires_grad=old.requires_grad
+            )
+    for module in model.modules():  # buffers the skeleton computed (rotary frequencies)
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.device != device:
+                module._buffers[name] = buffer.to(device)
     model.tie_weights()
+    if device.type == "cuda":  # what from_pretrained records for device_map={"": N}
+        model.hf_device_map = {"": device.index}
     model.hf_quantizer = quantizer
     quantizer.postprocess_model(model)
     if (checkpoint / "generation_config.json").is_file():

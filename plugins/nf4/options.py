@@ -46,7 +46,11 @@ class QuantOptions:
 
 
 def parse_options(
-    method: str, options: Mapping[str, Any] | None, *, supported: tuple[str, ...]
+    method: str,
+    options: Mapping[str, Any] | None,
+    *,
+    supported: tuple[str, ...],
+    device: Any = None,
 ) -> QuantOptions:
     """Check ``options`` for quantizer ``method`` and return them with defaults filled in.
 
@@ -54,6 +58,8 @@ def parse_options(
         method: quantizer name, for messages.
         options: user options; ``None`` values mean "default".
         supported: option names this quantizer understands.
+        device: where the model computes; ``compute_dtype="auto"`` resolves for it
+            (:func:`hub.models.default_compute_dtype`).
 
     Raises:
         ValidationError: one message listing every problem found.
@@ -62,7 +68,7 @@ def parse_options(
     if given.get("compute_dtype") == "auto":  # the setting's default
         from hub.models import default_compute_dtype
 
-        given["compute_dtype"] = default_compute_dtype()
+        given["compute_dtype"] = default_compute_dtype(device)
     problems = []
     for key in sorted(set(given) - set(supported)):
         problems.append(f"unknown option {key!r} (known: {', '.join(supported)})")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.errors import ValidationError
+from hub.models import resolve_device
 from plugins.nf4.checkpoint import ensure_empty_dir, verify_checkpoint, write_checkpoint
 from plugins.nf4.direct import load_direct
 from plugins.nf4.footprint import model_footprint
@@ -74,13 +75,13 @@ class BnbQuantizer:
             )
         return ("compute_dtype", "skip_modules", "allow_pickle")
 
-    def options(self, options: Mapping[str, Any] | None = None) -> QuantOptions:
-        """Validated options with this method's defaults filled in."""
+    def options(self, options: Mapping[str, Any] | None = None, device: Any = None) -> QuantOptions:
+        """Validated options with this method's defaults filled in (``auto`` dtype for ``device``)."""
         merged = {
             **self.defaults,
             **{k: v for k, v in dict(options or {}).items() if v is not None},
         }
-        return parse_options(self.name, merged, supported=self.supported_options)
+        return parse_options(self.name, merged, supported=self.supported_options, device=device)
 
     def bnb_config(self, opts: QuantOptions, skip_modules: list[str]) -> Any:
         """The ``BitsAndBytesConfig`` for these options, or ``None`` for ``none``."""
@@ -112,25 +113,30 @@ class BnbQuantizer:
             )
         return plan
 
-    def load(self, source: str | Path, options: Mapping[str, Any] | None = None) -> Any:
+    def load(
+        self, source: str | Path, options: Mapping[str, Any] | None = None, device: Any = None
+    ) -> Any:
         """Load ``source`` (hub id or local directory) quantized with this method.
 
         Args:
             source: Hugging Face model id or directory (safetensors; pickle only
                 with ``allow_pickle``).
             options: see :class:`plugins.nf4.options.QuantOptions`.
+            device: where the model goes (:func:`hub.models.resolve_device`; ``None``:
+                ``auto``). bitsandbytes quantizes each weight as it moves there.
 
         Returns:
             A ``PreTrainedModel`` with bitsandbytes linear layers (``none``: bf16),
             in eval mode, with ``model.qlora_hub_quant`` provenance.
         """
-        opts = self.options(options)
+        target = resolve_device(device)
+        opts = self.options(options, target)
         src = resolve_source(source, allow_pickle=opts.allow_pickle)
         plan = self.plan(src, opts)
         quiet_bitsandbytes()
         from transformers import AutoModelForCausalLM
 
-        kwargs: dict[str, Any] = {"dtype": opts.torch_dtype()}
+        kwargs: dict[str, Any] = {"dtype": opts.torch_dtype(), "device_map": device_map(target)}
         config = self.bnb_config(opts, plan.skip_modules)
         if config is not None:
             kwargs["quantization_config"] = config
@@ -194,21 +200,22 @@ class BnbQuantizer:
             manifest=fields,
         )
 
-    def load_quantized(self, checkpoint: Path) -> Any:
-        """Verify ``checkpoint`` against its manifest and load it, already quantized.
+    def load_quantized(self, checkpoint: Path, device: Any = None) -> Any:
+        """Verify ``checkpoint`` against its manifest and load it, already quantized, on ``device``.
 
         Only safetensors are read; the 4-bit/8-bit weights go straight into the
         bitsandbytes layers, so the full-precision model never exists in memory.
-        A 4-bit checkpoint on CPU is loaded by :func:`plugins.nf4.direct.load_direct`
+        A 4-bit checkpoint is loaded by :func:`plugins.nf4.direct.load_direct`
         (without ``from_pretrained``'s fixed cost); anything it does not fit,
-        and int8/none, by ``from_pretrained``. ``model.qlora_hub_quant["loader"]``
-        says which.
+        and int8/none, by ``from_pretrained`` with ``device_map={"": device}``.
+        ``model.qlora_hub_quant["loader"]`` says which.
 
         Raises:
             IntegrityError: a file is missing, modified, or not in the manifest (named).
             ValidationError: the checkpoint was written by another method.
         """
         checkpoint = Path(checkpoint)
+        target = resolve_device(device)
         manifest = verify_checkpoint(checkpoint)
         if manifest["method"] != self.name:
             raise ValidationError(
@@ -222,14 +229,17 @@ class BnbQuantizer:
         classes = manifest.get("linear_classes") or []
         classes = [c for c in classes if isinstance(c, str) and c.isidentifier()]
         with plain_linear([c for c in classes if c.endswith("Linear")]):
-            model = load_direct(checkpoint) if self.four_bit else None
+            model = load_direct(checkpoint, target) if self.four_bit else None
             loader = "direct"
             if model is None:
                 from transformers import AutoModelForCausalLM
 
                 loader = "from_pretrained"
                 model = AutoModelForCausalLM.from_pretrained(
-                    checkpoint, dtype=opts.torch_dtype(), use_safetensors=True
+                    checkpoint,
+                    dtype=opts.torch_dtype(),
+                    use_safetensors=True,
+                    device_map=device_map(target),
                 )
         model.eval()
         provenance = {k: manifest.get(k) for k in ("method", "options", "base_fingerprint")}
@@ -246,6 +256,15 @@ class BnbQuantizer:
         See :func:`plugins.nf4.footprint.model_footprint` for the keys.
         """
         return model_footprint(model)
+
+
+def device_map(device: Any) -> dict[str, Any]:
+    """``from_pretrained``'s ``device_map`` putting the whole model on one ``torch.device``.
+
+    The GPU is named by its index, the form accelerate and transformers' bitsandbytes
+    quantizer expect for a single device.
+    """
+    return {"": device.index if device.type == "cuda" else device.type}
 
 
 def _packed_for_cpu(model: Any) -> bool:

@@ -1,7 +1,11 @@
 """Optimizer factories: bitsandbytes paged / 8-bit AdamW and plain torch AdamW.
 
 bitsandbytes cannot page on CPU: a paged optimizer there silently keeps its
-state as ordinary tensors (it only warns). Each factory's ``describe``
+state as ordinary tensors (it only warns). On CUDA, bitsandbytes pages only the
+state of parameters with at least 100,000 elements; a LoRA matrix is smaller
+than that (``r x d``: 16 x 2048 = 32,768), so left alone a paged optimizer
+would page nothing of a QLoRA run. The paged factories here page the state of
+every CUDA parameter (:func:`page_every_state`). Each factory's ``describe``
 (:func:`describe_optimizer`) looks at the state after a step and says what
 actually ran; the trainer calls it through :func:`hub.optim.describe_optimizer`.
 """
@@ -9,6 +13,7 @@ actually ran; the trainer calls it through :func:`hub.optim.describe_optimizer`.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import cache
 from typing import Any
 
 from hub.optim import optimizer_state_bytes, unwrap
@@ -27,6 +32,8 @@ class BnbAdamW:
         import bitsandbytes as bnb
 
         cls = getattr(bnb.optim, self.cls_name)
+        if self.cls_name.startswith("Paged"):
+            cls = page_every_state(cls)
         opt = cls(list(params), lr=lr, weight_decay=weight_decay)
         opt.hub_requested = self.name
         return opt
@@ -34,6 +41,31 @@ class BnbAdamW:
     def describe(self, optimizer: Any) -> dict[str, Any]:
         """What ran (see :func:`describe_optimizer`)."""
         return describe_optimizer(optimizer)
+
+
+@cache
+def page_every_state(cls: type) -> type:
+    """``cls`` (a paged bitsandbytes optimizer) paging the state of every CUDA parameter.
+
+    bitsandbytes' ``get_state_buffer`` allocates paged (CUDA managed) memory
+    only for parameters of 100,000 elements or more; this subclass does it for
+    every parameter on a CUDA device, with the same calls. CPU parameters keep
+    bitsandbytes' behaviour (ordinary tensors, with its warning).
+    """
+    import bitsandbytes.functional as F
+    import torch
+
+    class PageEveryState(cls):  # type: ignore[misc, valid-type]
+        def get_state_buffer(self, p: Any, dtype: Any = torch.float32) -> Any:
+            if not (self.is_paged and p.device.type == "cuda"):
+                return super().get_state_buffer(p, dtype)
+            buff = F.get_paged(*p.shape, dtype=dtype, device=p.device)
+            F.fill(buff, 0)
+            self.page_mng.paged_tensors.append(buff)
+            return buff
+
+    PageEveryState.__name__ = PageEveryState.__qualname__ = cls.__name__
+    return PageEveryState
 
 
 class TorchAdamW:

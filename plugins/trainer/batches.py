@@ -76,16 +76,21 @@ class BinPacker:
 class TokenCounter:
     """Wraps a collator and counts the tokens it hands the model (for tokens/s figures).
 
-    ``tokens`` includes padding; ``useful_tokens`` does not.
+    ``tokens`` includes padding; ``useful_tokens`` does not; ``largest_shape`` is the
+    (rows, width) of the biggest batch (for the activation estimate).
     """
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.tokens = 0
         self.useful_tokens = 0
+        self.largest_shape = (0, 0)
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.inner(rows)
+        shape = tuple(batch["input_ids"].shape)
+        if shape[0] * shape[1] > self.largest_shape[0] * self.largest_shape[1]:
+            self.largest_shape = (int(shape[0]), int(shape[1]))
         self.tokens += batch["input_ids"].numel()
         mask = batch.get("attention_mask")
         real = batch.pop("real_tokens", None)  # the packer reports it: no mask to count from

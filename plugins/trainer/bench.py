@@ -8,6 +8,10 @@ comparisons:
   ratio = hub tokens/s / reference tokens/s;
 - packing: variable-length text rows; the hub packs them (padding-free), the
   reference pads; ratio = useful (non-pad) tokens/s of hub / reference.
+
+With ``--optimizers a,b`` it measures something else instead
+(:mod:`plugins.trainer.bench_optimizers`): the hub trainer once per optimizer on
+``--device``, each with its peak memory against the QLoRA estimate.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 import click
 
+from hub.cli import CliState, device_option, pass_state
 from hub.errors import HubError
 
 
@@ -38,9 +43,19 @@ def write_variable_length(path: Path, n: int, seed: int = 0) -> Path:
 
 
 def run_side(
-    side: str, base: Path, data: Path, steps: int, batch: int, max_length: int, packing: bool
+    side: str,
+    base: Path,
+    data: Path,
+    steps: int,
+    batch: int,
+    max_length: int,
+    packing: bool,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Run one side in a child process and parse its ``BENCH {...}`` line."""
+    """Run one side in a child process and parse its ``BENCH {...}`` line.
+
+    ``extra``: options of :mod:`plugins.trainer.bench_child` (``--device``, ``--optimizer``...).
+    """
     cmd = [
         sys.executable,
         "-m",
@@ -52,6 +67,7 @@ def run_side(
         str(batch),
         str(max_length),
         "1" if packing else "0",
+        *extra,
     ]
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -82,7 +98,13 @@ def best_of(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def bench_train(
-    base: Path | None, steps: int, batch: int, repeats: int = 3, padded_steps: int = 120
+    base: Path | None,
+    steps: int,
+    batch: int,
+    repeats: int = 3,
+    padded_steps: int = 120,
+    device: str = "cpu",
+    shape: str = "embedded",
 ) -> dict[str, Any]:
     """Run the four measurements ``repeats`` times, interleaved, and the two ratios.
 
@@ -92,6 +114,7 @@ def bench_train(
 
     Each repeat runs all four sides in turn, so a burst of other work on the
     machine hits both sides of a ratio alike; each side keeps its fastest repeat.
+    Both sides run on ``device``.
     """
     from rich.progress import Progress
 
@@ -109,7 +132,7 @@ def bench_train(
         tmp_path = Path(tmp)
         if base is None:
             base = tmp_path / "base"
-            build_base(base)
+            build_base(base, shape=shape)
         data = {
             "padded": synthesize("upper", 2000, tmp_path / "upper")["train"],
             "variable": write_variable_length(tmp_path / "variable.jsonl", 1000),
@@ -120,7 +143,9 @@ def bench_train(
                 progress.update(task, description=name)
                 n = padded_steps if kind == "padded" else steps
                 samples[name].append(
-                    run_side(side, base, data[kind], n, batch, max_length, packing)
+                    run_side(
+                        side, base, data[kind], n, batch, max_length, packing, ("--device", device)
+                    )
                 )
                 progress.advance(task)
     runs = {name: best_of(s) for name, s in samples.items()}
@@ -129,6 +154,7 @@ def bench_train(
         r["tokens_per_s"] = round(r["tokens_per_s"], 1)
         r["useful_tokens_per_s"] = round(r["useful_tokens_per_s"], 1)
     return {
+        "device": device,
         "steps": steps,
         "padded_steps": padded_steps,
         "batch_size": batch,
@@ -153,7 +179,33 @@ def bench_train(
     "--base",
     type=click.Path(path_type=Path),
     default=None,
-    help="HF model directory [default: a fresh embedded base].",
+    help="HF model directory (or, with --optimizers, a pre-quantized checkpoint) "
+    "[default: a fresh base of --shape].",
+)
+@click.option(
+    "--shape",
+    default="embedded",
+    show_default=True,
+    help="Shape of the fresh base when --base is not given (embedded, 103m, 1b).",
+)
+@click.option(
+    "--optimizers",
+    default=None,
+    help="Comma-separated optimizers (e.g. paged_adamw_32bit,adamw): the hub trainer once per "
+    "optimizer, peak memory vs the QLoRA estimate, instead of the hub/reference ratios.",
+)
+@click.option(
+    "--max-length",
+    type=int,
+    default=256,
+    show_default=True,
+    help="Packed row length with --optimizers.",
+)
+@click.option(
+    "--gradient-checkpointing/--no-gradient-checkpointing",
+    default=False,
+    show_default=True,
+    help="With --optimizers: recompute activations in backward.",
 )
 @click.option(
     "--steps", type=int, default=30, show_default=True, help="Steps of the variable-length pair."
@@ -170,16 +222,41 @@ def bench_train(
     help="Interleaved repeats; each side keeps its fastest.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
+@device_option
+@pass_state
 def bench_train_cmd(
+    state: CliState,
     base: Path | None,
+    shape: str,
+    optimizers: str | None,
+    max_length: int,
+    gradient_checkpointing: bool,
     steps: int,
     padded_steps: int,
     batch_size: int,
     repeats: int,
     as_json: bool,
+    device: str | None,
 ) -> None:
     """Tokens/s and peak RSS of the hub trainer vs a plain Trainer+PEFT+bitsandbytes script."""
-    report = bench_train(base, steps, batch_size, repeats, padded_steps)
+    from hub.base import shape_config
+    from hub.models import resolve_device
+
+    device = str(resolve_device(state.device(device)))  # a bad --device fails before any work
+    shape_config(shape)  # an unknown --shape too
+    if optimizers is not None:
+        from plugins.trainer.bench_optimizers import bench_optimizers, print_optimizers
+
+        names = [n.strip() for n in optimizers.split(",") if n.strip()]
+        spec = {"base": base, "shape": shape, "device": device, "steps": steps}
+        spec.update(batch_size=batch_size, max_length=max_length, repeats=repeats)
+        report = bench_optimizers(state.hub, names, gradient_checkpointing, **spec)
+        if as_json:
+            click.echo(json.dumps(report, indent=2))
+        else:
+            print_optimizers(report)
+        return
+    report = bench_train(base, steps, batch_size, repeats, padded_steps, device, shape)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

@@ -1,21 +1,33 @@
-"""One side of ``qlora-hub bench train``, run in its own process so its peak RSS is its own.
+"""One side of ``qlora-hub bench train``, run in its own process so its peak memory is its own.
 
-``python -m plugins.trainer.bench_child {hub,reference} BASE DATA STEPS BATCH MAXLEN PACKING``
-prints one JSON line: seconds, tokens (incl. padding), useful_tokens, peak_rss_bytes.
+``python -m plugins.trainer.bench_child {hub,reference} BASE DATA STEPS BATCH MAXLEN PACKING
+[--device D] [--optimizer NAME] [--gradient-checkpointing]``
+prints one JSON line: seconds, tokens (incl. padding), useful_tokens, peak_rss_bytes;
+the hub side adds ``device``, ``train_loss``, ``optimizer`` (what ran) and ``memory``
+(the trainer's account: measured peak and the QLoRA estimate).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 
 def hub_train(
-    base: Path, data: Path, *, steps: int, batch_size: int, max_length: int, packing: bool
+    base: Path,
+    data: Path,
+    *,
+    steps: int,
+    batch_size: int,
+    max_length: int,
+    packing: bool,
+    device: str = "auto",
+    optimizer: str = "paged_adamw_32bit",
+    gradient_checkpointing: bool = False,
 ) -> dict[str, Any]:
     """Train with :func:`train_adapter` (the same recipe as the reference)."""
     from hub.plugins import Hub
@@ -28,38 +40,68 @@ def hub_train(
             data,
             Path(tmp) / "run",
             log=None,
+            device=device,
             max_steps=steps,
             batch_size=batch_size,
             max_length=max_length,
             packing=packing,
             eval_fraction=0.0,
-            logging_steps=10**6,
+            logging_steps=max(1, steps),  # one log line: the last step's loss
             progress=False,
             learning_rate=2e-4,
             dropout=0.05,
+            optimizer=optimizer,
+            gradient_checkpointing=gradient_checkpointing,
         )
     m = result.metrics
     return {
         "seconds": result.train_seconds,
         "tokens": m["tokens"],
         "useful_tokens": m["useful_tokens"],
+        "train_loss": m.get("train_loss"),
+        "device": result.memory.get("device"),
+        "optimizer": result.optimizer,
+        "memory": result.memory,
     }
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m plugins.trainer.bench_child")
+    parser.add_argument("side", choices=("hub", "reference"))
+    for name in ("base", "data"):
+        parser.add_argument(name, type=Path)
+    for name in ("steps", "batch", "max_length", "packing"):
+        parser.add_argument(name, type=int)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--optimizer", default="paged_adamw_32bit")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
     """Entry point (see the module docstring)."""
-    side, base, data, steps, batch, max_length, packing = sys.argv[1:8]
+    args = _parser().parse_args(argv)
     import torch
 
     # one thread on both sides: equal footing, and no spin-waiting when the cores are shared
     torch.set_num_threads(1)
-    kwargs = {"steps": int(steps), "batch_size": int(batch), "max_length": int(max_length)}
-    if side == "hub":
-        out = hub_train(Path(base), Path(data), packing=packing == "1", **kwargs)
+    kwargs = {"steps": args.steps, "batch_size": args.batch, "max_length": args.max_length}
+    if args.side == "hub":
+        out = hub_train(
+            args.base,
+            args.data,
+            packing=args.packing == 1,
+            device=args.device,
+            optimizer=args.optimizer,
+            gradient_checkpointing=args.gradient_checkpointing,
+            **kwargs,
+        )
     else:
         from plugins.trainer.reference import reference_train
 
-        out = reference_train(Path(base), Path(data), **kwargs)
+        out = reference_train(
+            args.base, args.data, device=args.device, optimizer=args.optimizer, **kwargs
+        )
     out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print("BENCH " + json.dumps(out), flush=True)
 

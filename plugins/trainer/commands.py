@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from hub.cli import CliState, pass_state
+from hub.cli import CliState, device_option, pass_state
 
 # flag -> TrainOptions field, for the options that are plain values
 _VALUE_FLAGS: list[tuple[str, str, type, str]] = [
@@ -98,6 +98,7 @@ def next_run_dir(runs: Path, name: str) -> Path:
     help="Start from this adapter's weights: NAME@VERSION in storage, or a directory.",
 )
 @_train_options
+@device_option
 @pass_state
 def train_cmd(
     state: CliState,
@@ -113,9 +114,11 @@ def train_cmd(
     no_store: bool,
     quiet: bool,
     init_spec: str | None,
+    device: str | None,
     **flags: Any,
 ) -> None:
     """Train a QLoRA adapter on BASE with DATA (JSONL) using the transformers Trainer."""
+    from hub.models import resolve_device
     from hub.store import open_store
     from hub.types import AdapterRef
     from plugins.trainer.distributed import agree_on_run_dir, world
@@ -127,11 +130,13 @@ def train_cmd(
         flags["progress"] = False
     settings_train = state.settings.values.get("train", {})
     opts = build_options(settings_train, train_toml, flags)
+    device = state.device(device)
+    resolve_device(device)  # a bad --device fails before anything is read or created
     rank, _ = world()
     runs = state.home / "runs"
     if out is None:
         out = runs / name if resume else next_run_dir(runs, name)
-    out = agree_on_run_dir(out)
+    out = agree_on_run_dir(out, device)
     team = team or state.settings.get("hub.team") or None
     store = None
     if not no_store and team and rank == 0:
@@ -157,6 +162,7 @@ def train_cmd(
         log=log,
         options=opts,
         init_adapter=init_adapter,
+        device=device,
     )
     click.echo(f"rank {result.rank}/{result.world_size}: adapter sha256 {result.adapter_sha256}")
     if rank != 0:
@@ -205,6 +211,7 @@ def synth_cmd(task: str, n: int, held_out: int, seed: int, letters: str | None, 
 @click.option("--storage", default=None, help="Storage backend for NAME@VERSION.")
 @click.option("--show", type=int, default=3, show_default=True, help="Print N wrong predictions.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@device_option
 @pass_state
 def eval_cmd(
     state: CliState,
@@ -216,18 +223,21 @@ def eval_cmd(
     storage: str | None,
     show: int,
     as_json: bool,
+    device: str | None,
 ) -> None:
     """Greedy exact-match accuracy of ADAPTER (directory or NAME@VERSION) on DATA."""
     import json
 
-    from hub.models import load_base
+    from hub.models import load_base, resolve_device
     from plugins.trainer.adapters import base_of, resolve_adapter
     from plugins.trainer.evaluate import exact_match_file
 
+    device = state.device(device)
+    resolve_device(device)  # a bad --device fails before the adapter is pulled
     payload = resolve_adapter(
         adapter, hub=state.hub, settings=state.settings, team=team, storage=storage
     )
-    loaded = load_base(state.hub, base_of(payload, base))
+    loaded = load_base(state.hub, base_of(payload, base), device=device)
     method = state.hub.adapters[(payload.manifest or {}).get("adapter_method", "lora")]
     model = method.load(loaded.model, payload, "default")
     result = exact_match_file(model, loaded.tokenizer, data, batch_size=batch_size)
@@ -239,6 +249,7 @@ def eval_cmd(
                     "accuracy": result.accuracy,
                     "correct": result.correct,
                     "total": result.total,
+                    "device": str(loaded.device),
                 }
             )
         )
@@ -254,6 +265,7 @@ def eval_cmd(
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="New model directory.")
 @click.option("--team", default=None, help="Team to pull a stored adapter as.")
 @click.option("--storage", default=None, help="Storage backend for NAME@VERSION.")
+@device_option
 @pass_state
 def merge_cmd(
     state: CliState,
@@ -262,15 +274,20 @@ def merge_cmd(
     out: Path,
     team: str | None,
     storage: str | None,
+    device: str | None,
 ) -> None:
     """Merge ADAPTER into a bf16 copy of its base and save a standalone HF model."""
+    from hub.models import resolve_device
     from plugins.trainer.adapters import base_of, resolve_adapter
     from plugins.trainer.merge import merge_adapter
+
+    device = state.device(device)
+    resolve_device(device)  # a bad --device fails before the adapter is pulled
 
     payload = resolve_adapter(
         adapter, hub=state.hub, settings=state.settings, team=team, storage=storage
     )
-    report = merge_adapter(state.hub, base_of(payload, base), payload, out)
+    report = merge_adapter(state.hub, base_of(payload, base), payload, out, device=device)
     click.echo(f"merged {payload.name} into {out} ({report['parameters']:,} parameters, bf16)")
     click.echo(
         f"max |logit difference| merged vs base+adapter on {report['samples']} samples: "

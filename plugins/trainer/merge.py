@@ -48,12 +48,14 @@ def max_logit_diff(a: Any, b: Any, tokenizer: Any, texts: list[str]) -> tuple[fl
     """
     import torch
 
+    from hub.models import model_device
+
     diffs, scales = [], []
     with torch.no_grad():
         for text in texts:
             ids = tokenizer(text, return_tensors="pt")["input_ids"]
-            la = a(input_ids=ids).logits.float()
-            lb = b(input_ids=ids).logits.float()
+            la = a(input_ids=ids.to(model_device(a))).logits.float().cpu()
+            lb = b(input_ids=ids.to(model_device(b))).logits.float().cpu()
             diffs.append((la - lb).abs().max())
             scales.append(lb.abs().max())
     return torch.stack(diffs).max().item(), torch.stack(scales).max().item()
@@ -64,8 +66,13 @@ MAX_RELATIVE_DIFF = 0.25
 scale (or are not finite) is refused; bf16 rounding alone measures about 0.05."""
 
 
-def merge_adapter(hub: Any, base: str, payload: AdapterPayload, out_dir: Path) -> dict[str, Any]:
+def merge_adapter(
+    hub: Any, base: str, payload: AdapterPayload, out_dir: Path, device: Any = None
+) -> dict[str, Any]:
     """Write ``base`` + ``payload`` merged in bf16 to ``out_dir``; compare its logits.
+
+    ``device`` (``auto``, ``cpu``, ``cuda[:N]``; :func:`hub.models.resolve_device`) is
+    where the base is loaded, dequantized, merged and checked; the files are the same.
 
     The model is written to a temporary sibling directory, reloaded from there
     and compared with the 4-bit base plus the adapter (the way it was trained);
@@ -81,14 +88,15 @@ def merge_adapter(hub: Any, base: str, payload: AdapterPayload, out_dir: Path) -
     """
     import torch
 
-    from hub.models import load_base
+    from hub.models import load_base, resolve_device
 
     out_dir = Path(out_dir)
+    target = resolve_device(device)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ValidationError(f"{out_dir} is not empty: choose a new output directory")
     method = hub.adapters[(payload.manifest or {}).get("adapter_method", "lora")]
 
-    loaded = load_base(hub, base)
+    loaded = load_base(hub, base, device=target)
     bf16 = loaded.model
     if getattr(bf16, "hf_quantizer", None) is not None:
         bf16 = bf16.dequantize(dtype=torch.bfloat16)
@@ -104,7 +112,7 @@ def merge_adapter(hub: Any, base: str, payload: AdapterPayload, out_dir: Path) -
     try:
         merged.save_pretrained(str(tmp), safe_serialization=True)
         loaded.tokenizer.save_pretrained(str(tmp))
-        report = _check(hub, base, payload, method, tmp, loaded.tokenizer)
+        report = _check(hub, base, payload, method, tmp, loaded.tokenizer, target)
         fsync_dir(tmp)
         if out_dir.exists():
             out_dir.rmdir()
@@ -116,9 +124,9 @@ def merge_adapter(hub: Any, base: str, payload: AdapterPayload, out_dir: Path) -
 
 
 def _check(
-    hub: Any, base: str, payload: AdapterPayload, method: Any, saved: Path, tok: Any
+    hub: Any, base: str, payload: AdapterPayload, method: Any, saved: Path, tok: Any, device: Any
 ) -> dict:
-    """Reload the saved model and compare it with the 4-bit base plus the adapter."""
+    """Reload the saved model on ``device`` and compare it with the 4-bit base plus the adapter."""
     import math
 
     import torch
@@ -126,8 +134,10 @@ def _check(
 
     from hub.models import load_base
 
-    reference = method.load(load_base(hub, base).model, payload, "default")
-    standalone = AutoModelForCausalLM.from_pretrained(str(saved), dtype=torch.bfloat16)
+    reference = method.load(load_base(hub, base, device=device).model, payload, "default")
+    standalone = AutoModelForCausalLM.from_pretrained(
+        str(saved), dtype=torch.bfloat16, device_map={"": str(device)}
+    )
     standalone.eval()
     texts = sample_inputs(tok, payload)
     diff, scale = max_logit_diff(standalone, reference, tok, texts)

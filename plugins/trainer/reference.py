@@ -22,8 +22,13 @@ def reference_train(
     max_length: int,
     lr: float = 2e-4,
     optimizer: str = "paged_adamw_32bit",
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Train ``steps`` steps with the textbook recipe; return seconds and token counts."""
+    """Train ``steps`` steps with the textbook recipe; return seconds and token counts.
+
+    ``device``: ``cpu``, ``cuda[:N]`` or ``auto``; on CUDA the model is placed there
+    with ``device_map`` and trained under bf16 autocast, as the QLoRA recipe does.
+    """
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import (
@@ -35,6 +40,8 @@ def reference_train(
         TrainingArguments,
     )
 
+    from hub.models import resolve_device
+
     tok = AutoTokenizer.from_pretrained(base)
     tok.padding_side = "right"
     quant = BitsAndBytesConfig(
@@ -43,8 +50,15 @@ def reference_train(
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
     )
+    target = resolve_device(device)
+    cuda = target.type == "cuda"
+    if cuda:
+        torch.cuda.set_device(target)
     model = AutoModelForCausalLM.from_pretrained(
-        base, quantization_config=quant, dtype=torch.bfloat16
+        base,
+        quantization_config=quant,
+        dtype=torch.bfloat16,
+        device_map={"": target.index if cuda else "cpu"},
     )
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model = get_peft_model(
@@ -96,7 +110,8 @@ def reference_train(
         save_strategy="no",
         report_to=[],
         disable_tqdm=True,
-        use_cpu=True,
+        use_cpu=not cuda,
+        bf16=cuda,
         seed=0,
         dataloader_num_workers=0,
     )

@@ -98,6 +98,7 @@ def train_adapter(
     team: str | None = None,
     log: Any = print,
     init_adapter: AdapterPayload | None = None,
+    device: Any = None,
     **options: Any,
 ) -> TrainResult:
     """Train an adapter on ``base`` with ``data_path`` and write the run to ``out_dir``.
@@ -116,6 +117,9 @@ def train_adapter(
         log: where progress lines go (``print``; ``None`` for silence).
         init_adapter: start from this adapter's LoRA weights (federated rounds: the
             previous round's merge); recorded in the manifest as ``init_adapter``.
+        device: ``auto`` (``None``), ``cpu``, ``cuda`` or ``cuda:N``; under torchrun a
+            CUDA device is each rank's own. On CUDA the Trainer runs in the compute
+            dtype (bf16 autocast) and the peak memory is ``torch.cuda.max_memory_allocated``.
         **options: :class:`plugins.trainer.options.TrainOptions` fields, or ``options=TrainOptions``.
 
     Returns:
@@ -127,6 +131,9 @@ def train_adapter(
     opts.validate()
     say = log or (lambda *_: None)
     rank, world_size = world()
+    from plugins.trainer.distributed import rank_device
+
+    target = rank_device(device)  # a bad or missing device fails here, before any reading
     run_dir = Path(out_dir)
     name = name or run_dir.name
 
@@ -152,6 +159,7 @@ def train_adapter(
             rank,
             world_size,
             init_adapter,
+            target,
         )
     finally:
         torch.set_num_threads(threads_before)
@@ -171,7 +179,8 @@ def _train(
     say: Any,
     rank: int,
     world_size: int,
-    init_adapter: AdapterPayload | None = None,
+    init_adapter: AdapterPayload | None,
+    device: Any,
 ) -> TrainResult:
     """The body of :func:`train_adapter` (which sets and restores the thread count)."""
     import torch
@@ -184,14 +193,23 @@ def _train(
     from plugins.trainer.checkpoint import make_trainer_class
     from plugins.trainer.events import make_event_callback, plot_loss
     from plugins.trainer.init_adapter import adapter_weights_sha256, load_init_adapter
-    from plugins.trainer.memory import format_account, memory_account
+    from plugins.trainer.memory import (
+        PeakMemory,
+        format_account,
+        memory_account,
+        qlora_estimate,
+        trainer_precision,
+    )
 
     writer = rank == 0
     transformers.logging.set_verbosity_error()
     method = hub.adapters[opts.adapter_method]
     factory = hub.optimizers[opts.optimizer]
 
-    loaded = load_base(hub, base)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # the Trainer puts each batch on the current device
+    peak = PeakMemory(device)
+    loaded = load_base(hub, base, device=device)
     data = load_examples(
         Path(data_path),
         loaded.tokenizer,
@@ -249,12 +267,13 @@ def _train(
     # no KV cache while training: it is useless there, and with one transformers ignores the
     # position ids that keep packed examples apart
     loaded.model.config.use_cache = False
+    precision = trainer_precision(loaded.model, loaded.device)  # before attach upcasts norms
     model = method.attach(loaded.model, opts.lora_options())
     init_info = load_init_adapter(model, init_adapter, opts) if init_adapter else None
     events = make_event_callback(
         lambda e: hub.pm.hook.training_event(event=e), run_dir / METRICS, writer
     )
-    use_cpu = not torch.cuda.is_available()
+    use_cpu = loaded.device.type == "cpu"
     args = TrainingArguments(
         output_dir=str(run_dir / CHECKPOINTS),
         max_steps=opts.max_steps if opts.max_steps > 0 else -1,
@@ -277,6 +296,7 @@ def _train(
         report_to=[],
         disable_tqdm=not (opts.progress and writer),
         use_cpu=use_cpu,
+        **precision,
         ddp_backend=("gloo" if use_cpu else "nccl") if world_size > 1 else None,
         ddp_find_unused_parameters=False,
         remove_unused_columns=False,
@@ -309,7 +329,7 @@ def _train(
         ) from None
     seconds = time.monotonic() - started
     # the collator also ran for eval batches below, so read the training counts now
-    tokens, useful = collator.tokens, collator.useful_tokens
+    tokens, useful, largest = collator.tokens, collator.useful_tokens, collator.largest_shape
     metrics: dict[str, Any] = {
         "train_loss": events.last.get("loss"),
         "steps": trainer.state.global_step,
@@ -322,6 +342,15 @@ def _train(
     events.finish(trainer.state.global_step)
     opt_info = describe_optimizer(factory, trainer.optimizer)
     account = memory_account(model, trainer.optimizer, opts.r)
+    account.update(peak.report())
+    account["estimate"] = qlora_estimate(
+        account,
+        config=loaded.model.config,
+        batch_shape=largest,
+        gradient_checkpointing=opts.gradient_checkpointing,
+        compute_bytes=2 if precision else 4,
+        state_bits=opt_info.get("state_bits", 32),
+    )
     result = TrainResult(
         run_dir=run_dir,
         adapter_dir=run_dir / ADAPTER_DIR,

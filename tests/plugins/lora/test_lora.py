@@ -193,3 +193,40 @@ def test_attach_and_load_print_no_transformers_deprecation_warning(
         trained.save_pretrained(tmp_path)
         adapter_method.load(bf16_base, AdapterPayload.from_dir(tmp_path, "x@1"), "x")
     assert [str(w.message) for w in caught if "is_gradient_checkpointing" in str(w.message)] == []
+
+
+def _lora_grads(model, checkpointing: bool) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    peft_model = LoraMethod().attach(
+        model, {"r": 4, "dropout": 0.0, "gradient_checkpointing": checkpointing}
+    )
+    for n, p in peft_model.named_parameters():
+        if "lora_B" in n:  # B starts at zero: give A a gradient too
+            torch.nn.init.normal_(p, std=0.02, generator=torch.Generator().manual_seed(len(n)))
+    peft_model.train()
+    ids = torch.arange(3, 19).reshape(2, 8)
+    peft_model(input_ids=ids, labels=ids).loss.backward()
+    return {n: p.grad.clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+
+
+def test_gradient_checkpointing_is_non_reentrant_on_every_decoder_layer(nf4_base) -> None:
+    model = LoraMethod().attach(nf4_base, {"r": 4, "gradient_checkpointing": True})
+    layers = model.base_model.model.model.layers
+    assert all(layer.gradient_checkpointing for layer in layers)
+    assert {tuple(layer._gradient_checkpointing_func.keywords.items()) for layer in layers} == {
+        (("use_reentrant", False),)
+    }
+
+
+def test_gradient_checkpointing_gives_the_same_lora_gradients(embedded_base: Path) -> None:
+    import plugins.nf4
+    from hub.models import load_base
+    from hub.plugins import Hub
+
+    hub = Hub(builtins=False, entry_points=False, extra=[("nf4", plugins.nf4)])
+    plain = _lora_grads(load_base(hub, embedded_base, device="cpu").model, False)
+    recomputed = _lora_grads(load_base(hub, embedded_base, device="cpu").model, True)
+    assert plain.keys() == recomputed.keys() and len(plain) == 56
+    assert all(plain[n].abs().sum() > 0 for n in plain)
+    for name, grad in plain.items():
+        torch.testing.assert_close(recomputed[name], grad, rtol=1e-4, atol=1e-6)

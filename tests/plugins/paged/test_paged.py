@@ -124,3 +124,20 @@ def test_core_describes_a_factory_without_describe():
     w.sum().backward()
     opt.step()
     assert core_describe(Sgd(), opt) == {"requested": "sgd", "ran": "sgd", "state_bytes": 8 * 8 * 4}
+
+
+def test_paged_factories_page_every_cuda_tensor_but_keep_the_cpu_fallback() -> None:
+    import bitsandbytes as bnb
+
+    from plugins.paged.factories import page_every_state
+
+    param = torch.nn.Parameter(
+        torch.randn(16, 64)
+    )  # 1024 elements: bitsandbytes alone pages >= 1e5
+    opt = BY_NAME["paged_adamw_32bit"].build([param], lr=1e-3)
+    assert isinstance(opt, bnb.optim.PagedAdamW32bit) and type(opt).__name__ == "PagedAdamW32bit"
+    assert type(opt) is page_every_state(bnb.optim.PagedAdamW32bit)  # one class per optimizer
+    assert type(opt).get_state_buffer is not bnb.optim.PagedAdamW32bit.get_state_buffer
+    with pytest.warns(UserWarning, match="Paged optimizers are not supported on CPU"):
+        state = opt.get_state_buffer(param)
+    assert state.device.type == "cpu" and not getattr(state, "is_paged", False)
