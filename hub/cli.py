@@ -200,9 +200,11 @@ def _demo_command() -> click.Command:
 
 def _core_commands(root: click.Group) -> None:
     from hub import adapter_commands, team_commands
+    from hub.gpubench import bench_gpu_cmd
 
     team_commands.add_to(root)
     adapter_commands.add_to(root)
+    root.commands["bench"].add_command(bench_gpu_cmd)
 
 
 def make_cli(hub: Hub) -> click.Group:

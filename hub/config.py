@@ -79,6 +79,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, type]]] = {
         "host": ("127.0.0.1", str),
         "port": (8000, int),
         "identity": ("server", str),
+        "engine": ("hf", str),  # the execution engine (register_engines): "hf", "vllm"
         "max_resident": (8, int),
         "max_resident_bytes": (1 << 30, int),
         "max_batch": (32, int),
