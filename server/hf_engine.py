@@ -102,7 +102,10 @@ class HFEngine(Engine):
 
 def build_hf_engine(hub: Any, settings: Any, source: Any) -> HFEngine:
     """The ``hf`` engine factory: load ``source`` (unless it is a loaded base) and wrap it."""
-    loaded = source if isinstance(source, LoadedBase) else load_served_base(hub, source)
+    if isinstance(source, LoadedBase):
+        loaded = source
+    else:  # serve --device / setting hub.device
+        loaded = load_served_base(hub, source, device=settings.get("hub.device"))
     return HFEngine(
         loaded,
         max_batch=settings.get("serve.max_batch"),

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from hub import hookimpl
-from hub.cli import CliState, pass_state
+from hub.cli import CliState, device_option, pass_state
 
 
 @click.command("serve")
@@ -29,6 +29,7 @@ from hub.cli import CliState, pass_state
     "--storage", default=None, help="Storage backend to read adapters from [hub.storage]."
 )
 @click.option("--engine", default=None, help="Execution engine, e.g. hf or vllm [serve.engine].")
+@device_option
 @pass_state
 def serve(
     state: CliState,
@@ -38,12 +39,14 @@ def serve(
     identity: str | None,
     storage: str | None,
     engine: str | None,
+    device: str | None,
 ) -> None:
     """Serve every adapter shared with the server over an OpenAI-compatible API."""
     import logging
 
     import uvicorn
 
+    from hub.models import resolve_device
     from hub.store import open_store
     from server.app import build_state, create_app
     from server.http import uvicorn_config
@@ -54,7 +57,9 @@ def serve(
     settings.override("serve.identity", identity)
     settings.override("hub.storage", storage)
     settings.override("serve.engine", engine)
+    settings.override("hub.device", device)
     state.hub.engines[settings.get("serve.engine")]  # an unknown engine fails before any load
+    resolve_device(settings.get("hub.device"))  # so does a bad or missing --device
     state.writable_home()
     ident = settings.get("serve.identity")
     store = open_store(state.hub, settings, team=ident)
