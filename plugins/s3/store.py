@@ -12,6 +12,7 @@ failure is one line naming the setting to check.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from typing import Any
 from urllib.parse import urlparse
@@ -169,14 +170,28 @@ class S3BlobStore:
             f"{self.url}: try again (s3.max_attempts)"
         )
 
-    def get(self, key: str, limit: int | None = None) -> bytes:
-        """The object's bytes; refused before reading when over ``limit``, missing -> IntegrityError."""
+    def _get_object(self, key: str) -> dict[str, Any]:
         try:
-            out = self._call(key, self.client.get_object, Key=self._name(key))
+            return self._call(key, self.client.get_object, Key=self._name(key))
         except ConfigError as exc:
             if self._status(exc) == 404:
                 raise self._missing(key) from None
             raise
+
+    def view(self, key: str) -> StreamedObject:
+        """The object as it downloads (:class:`StreamedObject`: how pull reads a payload, so
+        decryption runs while the rest arrives); missing -> IntegrityError."""
+        out = self._get_object(key)
+        size = int(out.get("ContentLength", -1))
+        if size < 0:  # no length to read against: the whole body, then its length
+            data = out["Body"].read()
+            out["Body"].close()
+            size, out["Body"] = len(data), _Bytes(data)
+        return StreamedObject(key, out["Body"], size, lambda exc: self._error(exc, key))
+
+    def get(self, key: str, limit: int | None = None) -> bytes:
+        """The object's bytes; refused before reading when over ``limit``, missing -> IntegrityError."""
+        out = self._get_object(key)
         size = int(out.get("ContentLength", -1))
         body = out["Body"]
         try:
@@ -223,3 +238,96 @@ class S3BlobStore:
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, prefix or "/") from exc
         return sorted(out)
+
+
+class StreamedObject:
+    """An object's body arriving on a background thread, readable with :meth:`read_at` as
+    it comes (what :func:`plugins.vault.decrypt.decrypt_files` reads chunk by chunk), so a
+    pull decrypts and hashes while the rest is still downloading.
+
+    Memory grows with the bytes that actually arrive, in ``piece`` sized blocks: a length
+    the server claims is never allocated up front. A body shorter than its
+    ``Content-Length``, a dropped connection or a failed transport checksum is an
+    IntegrityError on the read that needs the missing bytes.
+    """
+
+    piece = 1 << 20
+
+    def __init__(self, key: str, body: Any, size: int, fail: Any) -> None:
+        self.key, self.size = key, size
+        self._pieces: list[bytes] = []
+        self._have = 0
+        self._error: Exception | None = None
+        self._done = False
+        self._stop = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(
+            target=self._download, args=(body, fail), name="s3-body", daemon=True
+        )
+        self._thread.start()
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _download(self, body: Any, fail: Any) -> None:
+        pending = bytearray()
+        try:
+            while not self._stop:
+                data = body.read(self.piece - len(pending))
+                if data:
+                    pending += data
+                if len(pending) < self.piece and data:
+                    continue
+                if pending:
+                    with self._cond:
+                        self._pieces.append(bytes(pending))
+                        self._have += len(pending)
+                        self._cond.notify_all()
+                    pending.clear()
+                if not data:
+                    break
+        except Exception as exc:  # a connection dropped, a checksum failed
+            error = fail(exc)
+            with self._cond:
+                self._error = error
+        finally:
+            body.close()
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
+
+    def read_at(self, pos: int, n: int) -> memoryview:
+        """``n`` bytes at ``pos``, waiting until they have arrived."""
+        end = pos + n
+        with self._cond:
+            while self._have < end and not self._done:
+                self._cond.wait()
+            if self._have < end:
+                raise self._error or IntegrityError(
+                    f"blob {self.key} came back shorter than its {self.size:,} bytes: try again"
+                )
+            first, last = pos // self.piece, (end - 1) // self.piece if n else pos // self.piece
+            pieces = self._pieces[first : last + 1]
+        start = pos - first * self.piece
+        if len(pieces) == 1:
+            return memoryview(pieces[0])[start : start + n]
+        return memoryview(b"".join(pieces))[start : start + n]
+
+    def close(self) -> None:
+        """Stop downloading (what has not arrived is dropped)."""
+        self._stop = True
+
+
+class _Bytes:
+    """A body already read, as a stream."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data, self._pos = data, 0
+
+    def read(self, n: int) -> bytes:
+        out = self._data[self._pos : self._pos + n]
+        self._pos += len(out)
+        return out
+
+    def close(self) -> None:
+        pass

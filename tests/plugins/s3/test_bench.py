@@ -35,7 +35,7 @@ def test_bench_s3_reports_vault_and_raw_figures_for_each_size(s3_url, tmp_path):
     result = json.loads(proc.stdout)
     (row,) = result["results"]
     assert row["size_mb"] == 1.0
-    for key in ("raw_put_mb_s", "push_mb_s", "raw_get_mb_s", "pull_mb_s"):
+    for key in ("raw_put_mb_s", "push_mb_s", "raw_get_mb_s", "pull_mb_s", "pull_cold_mb_s"):
         assert row[key] > 0
     assert (
         row["pull_vs_raw"] == round(row["pull_mb_s"] / row["raw_get_mb_s"], 3)

@@ -16,7 +16,7 @@ from hub.blobs import get_bounded
 from hub.config import load_settings
 from hub.errors import ConfigError, IntegrityError
 from hub.plugins import Hub
-from plugins.s3.store import S3BlobStore, parse_url
+from plugins.s3.store import S3BlobStore, StreamedObject, _Bytes, parse_url
 
 
 def _store(url, home, hub):
@@ -183,3 +183,59 @@ def test_a_missing_bucket_names_vault_blob_url(s3_endpoint, tmp_path, s3_hub):
         ConfigError, match=r"bucket 'no-such-bucket-\d+' does not exist at .*fix vault.blob_url"
     ):
         store.put("objects/ab/payload", b"x")
+
+
+def test_view_streams_an_object_readable_at_any_offset(s3_url, tmp_path, s3_hub):
+    import os
+
+    store = _store(s3_url, tmp_path, s3_hub)
+    data = os.urandom(StreamedObject.piece * 2 + 12345)  # three pieces, the last one short
+    store.put("objects/ab/payload", data)
+    view = store.view("objects/ab/payload")
+    edge = StreamedObject.piece - 7
+    assert len(view) == len(data)
+    assert bytes(view.read_at(edge, 20)) == data[edge : edge + 20]  # across two pieces
+    assert bytes(view.read_at(len(data) - 5, 5)) == data[-5:]
+    assert bytes(view.read_at(0, len(data))) == data
+
+
+def test_a_streamed_body_shorter_than_its_length_is_refused_at_the_missing_bytes():
+    view = StreamedObject("objects/ab/payload", _Bytes(b"x" * 100), 200, lambda exc: exc)
+    assert bytes(view.read_at(90, 10)) == b"x" * 10
+    with pytest.raises(IntegrityError, match="came back shorter than its 200 bytes: try again"):
+        view.read_at(95, 10)
+
+
+def test_a_connection_dropped_mid_body_is_the_stores_one_line_error():
+    class Dropping:
+        def __init__(self):
+            self.sent = False
+
+        def read(self, n):
+            if self.sent:
+                raise ConnectionResetError("peer reset")
+            self.sent = True
+            return b"y" * 64
+
+        def close(self):
+            pass
+
+    fail = lambda exc: ConfigError(f"cannot reach S3 ({type(exc).__name__})")  # noqa: E731
+    view = StreamedObject("objects/ab/payload", Dropping(), 1000, fail)
+    with pytest.raises(ConfigError, match=r"^cannot reach S3 \(ConnectionResetError\)$"):
+        view.read_at(0, 100)
+
+
+def test_pull_decrypts_a_streamed_payload_and_refuses_a_flipped_last_byte(s3_vault):
+    from hub.testing.storage import sample_adapter
+
+    adapter = sample_adapter("wide", 1, r=16, hidden=4096, layers=3)  # about 3 MiB of payload
+    ref = s3_vault.push(adapter)
+    assert s3_vault.pull(ref).files == adapter.files
+    (key,) = [k for k in s3_vault.blobs.keys("objects/") if k.endswith("/payload")]
+    blob = bytearray(s3_vault.blobs.get(key))
+    assert len(blob) > 2 * StreamedObject.piece
+    blob[-1] ^= 1
+    s3_vault.blobs.put(key, bytes(blob))
+    with pytest.raises(IntegrityError, match="failed authentication"):
+        s3_vault.pull(ref)
