@@ -34,6 +34,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.s3",
     "plugins.ckks",
     "plugins.plain",
+    "plugins.vllm",
     "server.plugin",
 )
 """Modules of the built-in plugins, registered exactly like third-party ones."""

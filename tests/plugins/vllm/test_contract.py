@@ -1,0 +1,15 @@
+"""The engine contract of hub.testing, run against the vllm engine."""
+
+from __future__ import annotations
+
+import pytest
+
+from hub.testing.engine import EngineContract
+
+
+class TestVLLMEngineContract(EngineContract):
+    max_lora_rank = 16  # the [vllm] max_lora_rank default
+
+    @pytest.fixture(scope="class")
+    def engine(self, vllm_engine):
+        return vllm_engine
