@@ -76,6 +76,18 @@ def load(hub: Any, base: str, device: str) -> Any:
     return loaded
 
 
+def device_memory(device: Any) -> dict[str, int]:
+    """CUDA memory allocated now and at the peak of this process (empty on CPU)."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return {}
+    return {
+        "allocated_bytes": torch.cuda.memory_allocated(device),
+        "peak_allocated_bytes": torch.cuda.max_memory_allocated(device),
+    }
+
+
 def model_device(model: Any) -> Any:
     return next(model.parameters()).device
 
@@ -224,6 +236,7 @@ def section_serve(hub: Any, base: str, device: str, s: dict[str, Any], out: Resu
                 runs[name].append(drive(engine, loaded.tokenizer, chosen, s, s["requests"]))
                 say(f"serve: {name} repeat {rep + 1}: {runs[name][-1]['tokens_per_s']} tokens/s")
                 out.put(name, median_run(runs[name]))
+        out.put("device_memory", device_memory(model_device(loaded.model)))
     finally:
         engine.stop()
 
