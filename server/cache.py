@@ -230,7 +230,7 @@ class AdapterCache:
             try:
                 slot = self.engine.add_adapter(str(ref), config, tensors)
             except AdapterRefused as exc:
-                raise self._refuse(ref, f"adapter {ref}: {exc}") from None
+                raise self._refuse(ref, f"{ref}: {exc}") from None
             load_ms = (time.perf_counter() - started) * 1000
             self.entries[ref] = Entry(ref=ref, slot=slot, nbytes=nbytes, load_ms=load_ms)
             self._cond.notify_all()
