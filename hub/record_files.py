@@ -101,7 +101,10 @@ class FolderRecords:
             with os.fdopen(os.open(leaf, flags, dir_fd=fd), "rb") as fh:
                 st = os.fstat(fh.fileno())
                 if not stat.S_ISREG(st.st_mode) or (limit is not None and st.st_size > limit):
-                    raise IntegrityError(f"record {key} is not a regular file within its bound")
+                    raise IntegrityError(
+                        f"record {key} is not a regular file within its bound: the storage "
+                        "was altered outside qlora-hub"
+                    )
                 return fh.read(st.st_size if limit is None else limit + 1)
         except OSError:
             raise IntegrityError(
@@ -120,7 +123,10 @@ class FolderRecords:
         return True
 
     def keys(self, prefix: str) -> list[str]:
-        """Every key under the folder ``prefix`` (ending in ``/``), sorted; dot files skipped."""
+        """Every key under the folder ``prefix`` (ending in ``/``), sorted; dot files skipped.
+
+        Entries that are no regular file (a planted link or FIFO) are listed as well:
+        reading one is refused, so the name is refused rather than quietly shortened."""
         parts = [p for p in prefix.split("/") if p]
         fd = self._folder([check_key(p) for p in parts], create=False)
         if fd is None:
@@ -144,5 +150,5 @@ class FolderRecords:
                     self._walk(sub, f"{prefix}{entry.name}/", out, depth + 1)
                 finally:
                     os.close(sub)
-            elif entry.is_file(follow_symlinks=False):
+            else:  # a link or FIFO is listed too, so that reading it refuses it loudly
                 out.append(prefix + entry.name)

@@ -229,3 +229,40 @@ def test_cli_pulls_an_owner_qualified_ref(qlora_cli, tmp_path):
     assert res.out.startswith("upper@1 by alpha: ") and "verified" in res.out
     res = cli("adapters", "pull", "beta/upper")
     assert res.exit_code == 2 and res.err.startswith("error: no adapter beta/upper: ")
+
+
+def test_a_fifo_planted_as_a_record_is_refused_without_hanging(world):
+    import os
+
+    root, _, open_as = world
+    alpha = open_as("alpha")
+    alpha.share(alpha.push(sample_adapter("upper", 1)), with_team="gamma")
+    record = root / ".records" / "names" / "upper" / "00000001"
+    record.unlink()
+    os.mkfifo(record)
+    for team in ("alpha", "gamma"):  # the owner's home (pinned) and a fresh one
+        with pytest.raises(
+            IntegrityError, match="record names/upper/00000001 is not a regular file"
+        ):
+            open_as(team).pull(AdapterRef.parse("alpha/upper"))
+    assert open_as("gamma").list() == []
+
+
+def test_a_revoke_that_lands_during_a_push_holds_for_that_push(world):
+    """Another process of the owner revokes beta while this one stores version 2: the
+    publish record, signed after the revoke, does not name beta."""
+    root, homes, open_as = world
+    alpha = open_as("alpha")
+    alpha.share(alpha.push(sample_adapter("upper", 1)), with_team="beta")
+
+    class RevokedMeanwhile(DirStore):
+        def push(self, adapter, **kw):
+            ref = super().push(adapter, **kw)
+            open_as("alpha").revoke(AdapterRef("upper"), from_team="beta")
+            return ref
+
+    racing = Adapters(None, RevokedMeanwhile(root, home=homes["alpha"]), team="alpha")
+    v2 = racing.push(sample_adapter("upper", 2))
+    assert alpha.show(v2)["readers"] == {"alpha": "active"}
+    with pytest.raises(UnknownNameError):
+        open_as("beta").pull(v2)
