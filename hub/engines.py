@@ -279,8 +279,5 @@ def open_engine(hub: Any, settings: Any, source: Any, name: str | None = None) -
 
 def missing_members(engine: Any) -> list[str]:
     """Members of :class:`Engine` that ``engine`` lacks."""
-    names = set(Engine.__annotations__) | {
-        k for k in vars(Engine) if not k.startswith("_") and k not in ("name",)
-    }
-    names.add("name")
+    names = set(Engine.__annotations__) | {k for k in vars(Engine) if not k.startswith("_")}
     return sorted(n for n in names if not hasattr(engine, n))
