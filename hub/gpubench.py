@@ -87,6 +87,7 @@ def run_child(
     """
     tail: collections.deque[str] = collections.deque(maxlen=25)
     start = time.monotonic()
+    _SIGTERM["spawning"] = True  # a SIGTERM now waits until proc exists (then it kills it)
     proc = subprocess.Popen(
         [sys.executable, *argv],
         cwd=ROOT,
@@ -111,12 +112,19 @@ def run_child(
     for t in threads:
         t.start()
     try:
+        _SIGTERM["spawning"] = False
+        if _SIGTERM.pop("pending", False):
+            raise Terminated(f"signal {int(signal.SIGTERM)}")
         code = proc.wait(timeout=limit_s)
         status = "ok" if code == 0 else f"error (exit status {code})"
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         status = "timeout"
+    except BaseException:  # interrupted or terminated: no section outlives the run
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     for t in threads:
         t.join(timeout=5)
     return status, time.monotonic() - start, "".join(out), "\n".join(tail)
@@ -155,13 +163,8 @@ def run_section(name: str, ctx: dict[str, Any], limit_s: float) -> dict[str, Any
     status, seconds, stdout, tail = run_child(name, argv, ctx["env"], limit_s)
     entry: dict[str, Any] = {"status": status, "seconds": round(seconds, 1),
                              "limit_s": round(limit_s)}  # fmt: skip
-    result: Any = None
-    if result_path.is_file():
-        try:
-            result = json.loads(result_path.read_text())
-        except json.JSONDecodeError as exc:
-            entry["error_result_file"] = str(exc)
-    elif stdout.strip():
+    result = _read_result(result_path, entry)
+    if result is None and stdout.strip():
         result = _json_in(stdout)
     if name == "base":
         result = {"shape": ctx["shape"], "init_seconds": round(seconds, 1),
@@ -171,6 +174,29 @@ def run_section(name: str, ctx: dict[str, Any], limit_s: float) -> dict[str, Any
         entry["error"] = tail
     say(f"section {name}: {status} in {seconds:.1f} s")
     return entry
+
+
+def _read_result(path: Path, entry: dict[str, Any]) -> Any:
+    """The section's result file (partial if it was cut short), or ``None``."""
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError) as exc:
+        entry["error_result_file"] = str(exc)
+        return None
+
+
+class Terminated(Exception):
+    """SIGTERM reached the run (e.g. ``timeout``): the running section is killed and recorded."""
+
+
+_SIGTERM: dict[str, bool] = {"spawning": False}
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    if _SIGTERM["spawning"]:
+        _SIGTERM["pending"] = True
+        return
+    raise Terminated(f"signal {signum}")
 
 
 def _json_in(stdout: str) -> Any:
@@ -281,7 +307,19 @@ def run_gpu_bench(
         if left < MIN_SECTION_S:
             report["sections"][name] = {"status": "skipped", "error": f"{left:.0f} s left"}
         else:
-            report["sections"][name] = run_section(name, ctx, min(BUDGETS_S[name] * scale, left))
+            try:
+                entry = run_section(name, ctx, min(BUDGETS_S[name] * scale, left))
+            except (KeyboardInterrupt, Terminated) as exc:
+                result = _read_result(ctx["workdir"] / f"{name}.json", {})
+                report["sections"][name] = {
+                    "status": "killed",
+                    "error": repr(exc),
+                    "result": result,
+                }
+                report["interrupted_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                write_report(report, out)
+                raise
+            report["sections"][name] = entry
         write_report(report, out)
         if name == "base" and report["sections"][name]["status"] != "ok":
             say("no base: the remaining sections cannot run")
@@ -337,11 +375,16 @@ def bench_gpu_cmd(
     profile = profile or ("tiny" if shape == "embedded" else "full")
     out = out.absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     with tempfile.TemporaryDirectory(prefix="qlora-hub-gpubench-") as tmp:
         work = (workdir or Path(tmp)).absolute()
         work.mkdir(parents=True, exist_ok=True)
-        report = run_gpu_bench(out, device=device, shape=shape, profile=profile,
-                               budget_s=budget_s, sections=chosen, base=base, workdir=work)  # fmt: skip
+        try:
+            report = run_gpu_bench(out, device=device, shape=shape, profile=profile,
+                                   budget_s=budget_s, sections=chosen, base=base, workdir=work)  # fmt: skip
+        except Terminated:
+            click.echo(f"terminated: what finished is in {out}", err=True)
+            sys.exit(143)
     statuses = ", ".join(f"{k} {v['status']}" for k, v in report["sections"].items())
     click.echo(f"wrote {out} in {report['seconds']} s: {statuses}")
     click.echo(json.dumps(report["summary"], indent=2))

@@ -74,6 +74,36 @@ def test_a_failing_section_records_its_error_and_the_next_section_runs(tmp_path)
     assert report["finished_utc"]
 
 
+def test_sigterm_kills_the_running_section_and_keeps_the_report(tmp_path):
+    import signal
+
+    import psutil
+
+    out = tmp_path / "gpu.json"
+    (tmp_path / "base").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hub", "bench", "gpu", "--out", str(out), "--device", "cpu",
+         "--base", str(tmp_path / "base"), "--sections", "machine"],
+        stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    for line in proc.stderr:
+        if "section machine (limit" in line:
+            break
+    deadline = time.monotonic() + 20
+    while not (children := psutil.Process(proc.pid).children(recursive=True)):
+        assert time.monotonic() < deadline, "the section's process never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 143
+    assert "terminated: what finished is in" in proc.stderr.read()
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    report = json.loads(out.read_text())
+    assert report["sections"]["machine"]["status"] == "killed"
+    assert "signal 15" in report["sections"]["machine"]["error"]
+    assert report["interrupted_utc"]
+
+
 def test_an_unknown_section_is_refused_in_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
