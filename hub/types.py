@@ -187,7 +187,10 @@ class StorageBackend(Protocol):
     names that collide by case, and answers :class:`hub.errors.UnknownNameError`
     for anything the team may not read, as if absent. An optional
     ``capabilities`` attribute (see :data:`hub.adapters.CAPABILITIES`) says what
-    it guarantees beyond that.
+    it guarantees beyond that. An optional ``records`` attribute (a record
+    store, e.g. :class:`hub.record_files.FolderRecords`) lets the core keep
+    owner-signed names and read lists there (:mod:`hub.sharing`), which then
+    decide every read instead of the backend's own lists.
     """
 
     name: str
