@@ -153,6 +153,30 @@ def _takes_device(fn: Any) -> bool:
     return "device" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
+def load_on_device(load: Any, *args: Any, device: Any = None) -> Any:
+    """``load(*args)`` (a quantizer's ``load`` or ``load_quantized``) with the model on ``device``.
+
+    A quantizer that takes a ``device`` keyword loads there itself; the model another
+    one returns is moved with ``.to``.
+    """
+    target = resolve_device(device)
+    if _takes_device(load):
+        return load(*args, device=target)
+    model = load(*args)
+    return model if model_device(model) == target else model.to(target)
+
+
+def options_for_device(
+    quantizer: Any, options: dict[str, Any] | None, device: Any
+) -> dict[str, Any]:
+    """``options`` with ``compute_dtype`` unset or ``auto`` resolved for ``device``."""
+    options = dict(options or {})
+    supported = getattr(quantizer, "supported_options", ())
+    if "compute_dtype" in supported and options.get("compute_dtype") in (None, "auto"):
+        options["compute_dtype"] = default_compute_dtype(device)
+    return options
+
+
 def load_base(
     hub: Hub,
     source: str | Path,
@@ -187,18 +211,9 @@ def load_base(
     else:
         method = method or "nf4"
         quantizer = hub.quantizers[method]
-        options = dict(options or {})
-        supported = getattr(quantizer, "supported_options", ())
-        if "compute_dtype" in supported and options.get("compute_dtype") in (None, "auto"):
-            options["compute_dtype"] = default_compute_dtype(target)
-        load, args = quantizer.load, (source, options)
+        load, args = quantizer.load, (source, options_for_device(quantizer, options, target))
         fp = None
-    if _takes_device(load):
-        model = load(*args, device=target)
-    else:
-        model = load(*args)
-        if model_device(model) != target:
-            model = model.to(target)
+    model = load_on_device(load, *args, device=target)
     if fp is None:
         # A quantizer may record the fingerprint it computed (pickle weights, hub ids).
         fp = (getattr(model, "qlora_hub_quant", None) or {}).get("base_fingerprint") or (

@@ -55,12 +55,14 @@ def _load_reporting_skips(
     """The quantized model (on ``device``), skipped-layer warnings printed as ``warning:`` lines."""
     import warnings
 
-    from hub.models import load_base
+    from hub.models import load_on_device, options_for_device
     from plugins.nf4.quantizers import SkippedLayersWarning
 
+    quantizer = state.hub.quantizers[method]
+    options = options_for_device(quantizer, options, device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SkippedLayersWarning)
-        model = load_base(state.hub, base, method, options, device=device).model
+        model = load_on_device(quantizer.load, base, options, device=device)
     for w in caught:
         if issubclass(w.category, SkippedLayersWarning):
             click.echo(f"warning: {w.message}", err=True)

@@ -143,13 +143,13 @@ def make_trainer_class() -> type:
             os.makedirs(out, exist_ok=True)
             tensors_name, json_name = self._rng_names()
             np_state = np.random.get_state()
-            save_file(
-                {
-                    "cpu": torch.random.get_rng_state(),
-                    "numpy": torch.from_numpy(np_state[1].copy()),
-                },
-                str(out / tensors_name),
-            )
+            rng = {
+                "cpu": torch.random.get_rng_state(),
+                "numpy": torch.from_numpy(np_state[1].copy()),
+            }
+            if torch.cuda.is_available() and torch.cuda.is_initialized():  # dropout on a GPU
+                rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+            save_file(rng, str(out / tensors_name))
             _write_json(
                 out / json_name,
                 {"python": random.getstate(), "numpy": [np_state[0], *np_state[2:]]},
@@ -169,5 +169,8 @@ def make_trainer_class() -> type:
             kind, pos, has_gauss, gauss = rest["numpy"]
             np.random.set_state((kind, tensors["numpy"].numpy(), pos, has_gauss, gauss))
             torch.random.set_rng_state(tensors["cpu"])
+            cuda = [tensors[f"cuda{i}"] for i in range(len(tensors)) if f"cuda{i}" in tensors]
+            if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(cuda)
 
     return HubTrainer

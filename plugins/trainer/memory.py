@@ -79,6 +79,37 @@ def memory_account(model: Any, optimizer: Any, r: int) -> dict[str, Any]:
     }
 
 
+def run_account(
+    model: Any,
+    optimizer: Any,
+    opts: Any,
+    peak: PeakMemory,
+    batch_shape: tuple[int, int],
+    *,
+    mixed: bool,
+    opt_info: dict[str, Any],
+) -> dict[str, Any]:
+    """A finished run's :func:`memory_account`, its measured peak and its :func:`qlora_estimate`.
+
+    Args:
+        opts: the run's ``TrainOptions`` (``r``, ``gradient_checkpointing``).
+        batch_shape: rows x width of the largest training batch.
+        mixed: the run computed in 16 bits (autocast), else in fp32.
+        opt_info: what :func:`hub.optim.describe_optimizer` said ran (``state_bits``).
+    """
+    account = memory_account(model, optimizer, opts.r)
+    account.update(peak.report())
+    account["estimate"] = qlora_estimate(
+        account,
+        config=getattr(model, "config", None),
+        batch_shape=batch_shape,
+        gradient_checkpointing=opts.gradient_checkpointing,
+        compute_bytes=2 if mixed else 4,
+        state_bits=opt_info.get("state_bits", 32),
+    )
+    return account
+
+
 def format_account(acc: dict[str, Any]) -> str:
     """The account as a few printable lines."""
     mib = 1 << 20

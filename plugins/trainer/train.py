@@ -193,13 +193,7 @@ def _train(
     from plugins.trainer.checkpoint import make_trainer_class
     from plugins.trainer.events import make_event_callback, plot_loss
     from plugins.trainer.init_adapter import adapter_weights_sha256, load_init_adapter
-    from plugins.trainer.memory import (
-        PeakMemory,
-        format_account,
-        memory_account,
-        qlora_estimate,
-        trainer_precision,
-    )
+    from plugins.trainer.memory import PeakMemory, format_account, run_account, trainer_precision
 
     writer = rank == 0
     transformers.logging.set_verbosity_error()
@@ -341,15 +335,8 @@ def _train(
         metrics["eval_loss"] = float(trainer.evaluate()["eval_loss"])
     events.finish(trainer.state.global_step)
     opt_info = describe_optimizer(factory, trainer.optimizer)
-    account = memory_account(model, trainer.optimizer, opts.r)
-    account.update(peak.report())
-    account["estimate"] = qlora_estimate(
-        account,
-        config=loaded.model.config,
-        batch_shape=largest,
-        gradient_checkpointing=opts.gradient_checkpointing,
-        compute_bytes=2 if precision else 4,
-        state_bits=opt_info.get("state_bits", 32),
+    account = run_account(
+        model, trainer.optimizer, opts, peak, largest, mixed=bool(precision), opt_info=opt_info
     )
     result = TrainResult(
         run_dir=run_dir,
