@@ -1,12 +1,15 @@
 """``qlora-hub fed run`` and ``qlora-hub bench fed-accuracy``: multi-round federated training.
 
 ``bench fed-accuracy`` measures the standard federated-learning result on the
-embedded base: teams whose data cover different parts of the input space
-(task ``upper``, team ``a`` sees words over letters a-m only, team ``b`` over
-n-z) each fail on the other's words alone; federated rounds combine them.
-Greedy exact match on the union of both held-out sets, for each team alone,
-for centralized training on all data, and for federated training after 1, 2,
-3 and 5 rounds (``ffa`` and ``fedavg``), as JSON and a PNG plot.
+embedded base: two teams hold disjoint, differently distributed halves of one
+task (``upper``). With ``--split first`` (the default) team ``a`` holds the
+words that begin with a-m and team ``b`` those that begin with n-z (every
+letter still appears inside both teams' words); with ``--split letters`` team
+``a``'s words use only the letters a-m and ``b``'s only n-z, so each team alone
+cannot uppercase half the alphabet at all (the hard case). Greedy exact match
+on the union of both held-out sets, for each team alone and for centralized
+training on all data (the same steps per team), and for federated training
+after every round, as JSON and a PNG plot.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ import click
 from hub.cli import CliState, pass_state
 
 SPLIT = {"a": "abcdefghijklm", "b": "nopqrstuvwxyz"}
-"""Team -> the letters its words use."""
-EVAL_ROUNDS = (1, 2, 3, 5)
+"""Team -> its letters: the first letter of its words (``first``) or all of them (``letters``)."""
+SPLITS = ("first", "letters")
 
 
 def bench_options(steps: int, lr: float, batch_size: int, r: int) -> Any:
@@ -75,25 +78,42 @@ def embedded_checkpoint(hub: Any, work: Path, compute_dtype: str) -> Path:
     return work / "base-nf4"
 
 
-def make_shards(work: Path, rows: int, held_out: int) -> tuple[dict[str, Path], dict]:
-    """Each team's training file, the centralized union, and the held-out rows per team."""
+def make_shards(
+    work: Path, rows: int, held_out: int, split: str = "first"
+) -> tuple[dict[str, Path], dict]:
+    """Each team's training file, the centralized union, and the held-out rows per team.
+
+    ``first``: ``2 * rows`` words over the whole alphabet (``2 * held_out`` held
+    out), dealt to the teams by first letter, so each gets about ``rows``.
+    ``letters``: ``rows`` words per team over its own letters only.
+    """
     from plugins.trainer.data import read_rows
     from plugins.trainer.synth import synthesize
 
     shards, tests = {}, {}
-    for seed, (team, letters) in enumerate(SPLIT.items()):
-        paths = synthesize(
-            "upper", rows, work / team, held_out=held_out, seed=seed, letters=letters
-        )
-        shards[team] = paths["train"]
-        tests[team] = [r for _, r in read_rows(paths["held_out"])]
+    if split == "first":
+        paths = synthesize("upper", 2 * rows, work / "all", held_out=2 * held_out, seed=0)
+        train = paths["train"].read_bytes().splitlines(keepends=True)
+        test = [r for _, r in read_rows(paths["held_out"])]
+        for team, letters in SPLIT.items():
+            mine = [x for x in train if json.loads(x)["prompt"][0] in letters]
+            shards[team] = work / f"{team}.jsonl"
+            shards[team].write_bytes(b"".join(mine))
+            tests[team] = [r for r in test if r["prompt"][0] in letters]
+    else:
+        for seed, (team, letters) in enumerate(SPLIT.items()):
+            paths = synthesize(
+                "upper", rows, work / team, held_out=held_out, seed=seed, letters=letters
+            )
+            shards[team] = paths["train"]
+            tests[team] = [r for _, r in read_rows(paths["held_out"])]
     union = work / "union.jsonl"
     union.write_bytes(b"".join(shards[t].read_bytes() for t in SPLIT))
     return {**shards, "union": union}, tests
 
 
-def _summary(scores: dict[str, float]) -> dict[str, float]:
-    union = sum(scores.values()) / len(scores)
+def _summary(scores: dict[str, float], sizes: dict[str, int]) -> dict[str, float]:
+    union = sum(scores[t] * sizes[t] for t in scores) / sum(sizes.values())
     return {"union": round(union, 4), **{f"letters_{t}": round(v, 4) for t, v in scores.items()}}
 
 
@@ -105,8 +125,13 @@ def run_bench(hub: Any, work: Path, cfg: dict[str, Any], say: Any) -> dict[str, 
     base = (
         Path(cfg["base"]) if cfg["base"] else embedded_checkpoint(hub, work, cfg["compute_dtype"])
     )
-    files, tests = make_shards(work / "data", cfg["rows"], cfg["held_out"])
-    score = Scorer(hub, base, tests)
+    files, tests = make_shards(work / "data", cfg["rows"], cfg["held_out"], cfg["split"])
+    sizes = {t: len(rows) for t, rows in tests.items()}
+    scorer = Scorer(hub, base, tests)
+
+    def score(adapter_dir: Path) -> dict[str, float]:
+        return _summary(scorer(adapter_dir), sizes)
+
     opts = bench_options(cfg["steps"], cfg["lr"], cfg["batch_size"], cfg["r"])
     total = cfg["steps"] * cfg["rounds"]
     table, started = [], time.monotonic()
@@ -114,7 +139,7 @@ def run_bench(hub: Any, work: Path, cfg: dict[str, Any], say: Any) -> dict[str, 
     def single(label: str, data: Path, steps: int) -> None:
         run = train_adapter(hub, base, data, work / label, name=label, log=None,
                             options=replace(opts, max_steps=steps, progress=False))  # fmt: skip
-        table.append({"adapter": label, "steps": steps, **_summary(score(run.adapter_dir))})
+        table.append({"adapter": label, "steps": steps, **score(run.adapter_dir)})
         say(f"{label}: {table[-1]['union']:.3f} ({time.monotonic() - started:.0f} s)")
 
     for team in SPLIT:
@@ -123,17 +148,13 @@ def run_bench(hub: Any, work: Path, cfg: dict[str, Any], say: Any) -> dict[str, 
     for mode in cfg["modes"]:
 
         def on_round(res: Any, mode: str = mode) -> None:
-            if res.round in EVAL_ROUNDS:
-                row = {"adapter": f"{mode} round {res.round}", "mode": mode, "round": res.round}
-                table.append(
-                    {**row, "steps": cfg["steps"] * res.round, **_summary(score(res.merged_dir))}
-                )
-                say(
-                    f"{row['adapter']}: {table[-1]['union']:.3f} ({time.monotonic() - started:.0f} s)"
-                )
+            row = {"adapter": f"{mode} round {res.round}", "mode": mode, "round": res.round}
+            row.update(steps=cfg["steps"] * res.round, learning_rate=res.learning_rate)
+            table.append({**row, **score(res.merged_dir)})
+            say(f"{row['adapter']}: {table[-1]['union']:.3f} ({time.monotonic() - started:.0f} s)")
 
         plan = FedPlan(base, {t: files[t] for t in SPLIT}, cfg["rounds"], mode, opts,
-                       aggregator=cfg["aggregator"])  # fmt: skip
+                       aggregator=cfg["aggregator"], round_lr=cfg["round_lr"])  # fmt: skip
         run_rounds(hub, plan, work / mode, on_round)
     return {"rows": table, "seconds": round(time.monotonic() - started, 1)}
 
@@ -157,7 +178,9 @@ def plot(result: dict[str, Any], out: Path) -> None:
             color, line = styles[r["adapter"]]
             ax.axhline(r["union"], linestyle=line, color=color, label=r["adapter"])
     ax.set(xlabel="round", ylabel="exact match, union held-out set", ylim=(0, 1))
-    ax.set_title("upper, team a: letters a-m, team b: n-z", fontsize=10)
+    ax.set_xticks(sorted({r["round"] for r in rows if "round" in r}))
+    what = "words starting with" if result["config"]["split"] == "first" else "words over"
+    ax.set_title(f"upper; team a: {what} a-m, team b: {what} n-z", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
@@ -169,14 +192,28 @@ def plot(result: dict[str, Any], out: Path) -> None:
               help="Base to train on [the embedded base, built in a temp directory].")  # fmt: skip
 @click.option("--rounds", type=int, default=5, show_default=True)
 @click.option("--steps", type=int, default=60, show_default=True, help="Steps per team per round.")
-@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--lr", type=float, default=5e-3, show_default=True)
+@click.option(
+    "--round-lr",
+    type=click.Choice(["cosine", "restart"]),
+    default="cosine",
+    show_default=True,
+    help="One cosine schedule over all rounds, or restart each round.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(SPLITS),
+    default="first",
+    show_default=True,
+    help="Teams by first letter of their words, or by all the letters they use.",
+)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--compute-dtype", default="float32", show_default=True,
               help="NF4 compute dtype of the embedded base (float32: fast on CPUs without bf16).")  # fmt: skip
 @click.option("--r", "r", type=int, default=16, show_default=True)
 @click.option("--rows", type=int, default=2000, show_default=True, help="Training rows per team.")
 @click.option("--held-out", type=int, default=100, show_default=True, help="Test rows per team.")
-@click.option("--modes", default="ffa,fedavg", show_default=True)
+@click.option("--modes", default="ffa", show_default=True, help="ffa, fedavg or both (ffa,fedavg).")
 @click.option("--aggregator", default="ckks", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Write fed-accuracy.json and fed-accuracy.png here.")  # fmt: skip

@@ -18,6 +18,10 @@ from hub.cli import CliState, pass_state
 @click.option("--mode", type=click.Choice(["ffa", "fedavg"]), default="ffa", show_default=True)
 @click.option("--steps", type=int, default=100, show_default=True, help="Steps per team per round.")
 @click.option("--lr", type=float, default=5e-3, show_default=True)
+@click.option("--round-lr", type=click.Choice(["cosine", "restart"]), default="cosine",
+              show_default=True,
+              help="cosine: one schedule over all rounds (round k at lr*(1+cos(pi(k-1/2)/R))/2); "
+              "restart: each round warms up and decays on its own.")  # fmt: skip
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--r", "r", type=int, default=16, show_default=True)
 @click.option("--aggregator", default="ckks", show_default=True, help="ckks or plain.")
@@ -34,6 +38,7 @@ def fed_run_cmd(
     mode: str,
     steps: int,
     lr: float,
+    round_lr: str,
     batch_size: int,
     r: int,
     aggregator: str,
@@ -53,7 +58,8 @@ def fed_run_cmd(
     if out.exists() and any(out.iterdir()):
         raise ValidationError(f"--out {out} is not empty: pick a new directory")
     plan = FedPlan(Path(base), parse_shards(shards), rounds, mode,
-                   bench_options(steps, lr, batch_size, r), aggregator=aggregator)  # fmt: skip
+                   bench_options(steps, lr, batch_size, r), aggregator=aggregator,
+                   round_lr=round_lr)  # fmt: skip
     score = None
     if eval_data:
         score = Scorer(state.hub, Path(base), {"eval": [row for _, row in read_rows(eval_data)]})
@@ -61,7 +67,7 @@ def fed_run_cmd(
     def report(res: Any) -> None:
         line: dict[str, Any] = {"round": res.round, "merged": str(res.merged_dir)}
         line.update(start=res.start, weights=res.report["weights"], shares=res.report["shares"])
-        line["train_seconds"] = res.train_seconds
+        line.update(train_seconds=res.train_seconds, learning_rate=res.learning_rate)
         if score:
             line["exact_match"] = score(res.merged_dir)["eval"]
         click.echo(json.dumps(line, sort_keys=True))

@@ -7,10 +7,20 @@ decrypts and divides by the sum of the weights. The merge is the next round's
 start. The same files, signatures and checks run as with one machine per role
 (``hub.fed``); only the homes are shared. ``qlora-hub fed run`` and
 ``qlora-hub bench fed-accuracy`` use it.
+
+Learning rate across rounds (``round_lr``): with ``cosine`` (the default) the
+rounds together follow one cosine schedule, as one long run would: round k of
+R trains at a constant ``lr * (1 + cos(pi * (k - 1/2) / R)) / 2`` (after the
+options' warm-up). ``restart`` gives every round the options' own schedule
+(warm-up, then cosine to 0): a fresh AdamW at the full learning rate every
+round undoes much of what the merge brought. Measured on one team chained
+over 5 rounds of 60 steps: 45% held-out exact match with ``restart``, 83% with
+``cosine``, the same as 300 steps in one run (docs/federated.md).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,6 +30,7 @@ from hub.errors import ValidationError
 from hub.types import AdapterPayload
 
 KEY_HOLDER = "hold"
+ROUND_LR = ("cosine", "restart")
 
 
 @dataclass
@@ -31,6 +42,7 @@ class RoundResult:
     start: dict[str, str] | None
     report: dict[str, Any]
     train_seconds: dict[str, float] = field(default_factory=dict)
+    learning_rate: float = 0.0
 
 
 @dataclass
@@ -45,6 +57,8 @@ class FedPlan:
         options: per-round training options (``TrainOptions``; ``freeze_a`` follows ``mode``).
         aggregator: ``ckks`` or ``plain``.
         weights: team -> relative weight; default: each team's training examples.
+        round_lr: ``cosine`` (one cosine schedule over all rounds) or ``restart``
+            (each round the options' own schedule).
     """
 
     base: Path
@@ -54,6 +68,7 @@ class FedPlan:
     options: Any
     aggregator: str = "ckks"
     weights: Mapping[str, float] | None = None
+    round_lr: str = "cosine"
 
     def check(self) -> None:
         """Collect every problem and raise one error."""
@@ -66,6 +81,8 @@ class FedPlan:
             problems.append(f"--rounds between 1 and 100, got {self.rounds}")
         if self.mode not in ("ffa", "fedavg"):
             problems.append(f"--mode ffa or fedavg, got {self.mode!r}")
+        if self.round_lr not in ROUND_LR:
+            problems.append(f"--round-lr cosine or restart, got {self.round_lr!r}")
         missing = [str(p) for p in self.shards.values() if not Path(p).is_file()]
         if missing:
             problems.append(f"existing shard files (missing: {', '.join(missing)})")
@@ -84,10 +101,23 @@ def _identities(home: Path, teams: list[str]) -> tuple[dict[str, Any], Any]:
     return signers, trust_store_verifier(home)
 
 
-def _train_team(hub: Any, plan: FedPlan, team: str, out: Path, init: Any) -> AdapterPayload:
+def round_options(plan: FedPlan, k: int) -> Any:
+    """Training options of round ``k`` (1-based): the plan's, with the round's learning rate."""
+    # each round draws its batches in a new order, as the epochs of one long run would
+    opts = replace(plan.options, freeze_a=plan.mode == "ffa", progress=False,
+                   seed=plan.options.seed + k - 1)  # fmt: skip
+    if plan.round_lr == "restart":
+        return opts
+    factor = (1 + math.cos(math.pi * (k - 0.5) / plan.rounds)) / 2
+    return replace(opts, learning_rate=opts.learning_rate * factor,
+                   lr_scheduler="constant_with_warmup")  # fmt: skip
+
+
+def _train_team(
+    hub: Any, plan: FedPlan, team: str, out: Path, init: Any, opts: Any
+) -> AdapterPayload:
     from plugins.trainer.train import train_adapter
 
-    opts = replace(plan.options, freeze_a=plan.mode == "ffa", progress=False)
     result = train_adapter(
         hub, plan.base, plan.shards[team], out, name=team, log=None, options=opts, init_adapter=init
     )
@@ -107,10 +137,10 @@ def run_round(
 
     teams = list(plan.shards)
     signers, verify = _identities(work / "home", teams)
-    updates, seconds = {}, {}
+    updates, seconds, opts = {}, {}, round_options(plan, k)
     for team in teams:
         began = time.monotonic()
-        updates[team] = _train_team(hub, plan, team, work / f"r{k}" / team, start)
+        updates[team] = _train_team(hub, plan, team, work / f"r{k}" / team, start, opts)
         seconds[team] = round(time.monotonic() - began, 1)
     begin = {"ref": str(start.ref), "sha256": adapter_weights_sha256(start)} if start else None
     agg, rdir, kdir = hub.aggregators[plan.aggregator], work / f"r{k}" / "round", work / f"keys{k}"
@@ -143,7 +173,8 @@ def run_round(
     out.mkdir(parents=True, exist_ok=True)
     for fname, data in merged.files.items():
         (out / fname).write_bytes(data)
-    return RoundResult(k, out, begin, merged.manifest["fed"], seconds), merged
+    result = RoundResult(k, out, begin, merged.manifest["fed"], seconds, opts.learning_rate)
+    return result, merged
 
 
 def run_rounds(

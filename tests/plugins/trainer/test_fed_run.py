@@ -43,6 +43,8 @@ def test_one_json_line_per_round_with_weights_from_example_counts(fed_run: dict)
     assert lines[0]["weights"] == {"a": 40.0, "b": 60.0}
     assert lines[0]["shares"] == {"a": 0.4, "b": 0.6}
     assert all(0.0 <= x["exact_match"] <= 1.0 for x in lines)
+    # --round-lr cosine (the default): round 1 of 2 at 85%, round 2 at 15% of --lr 5e-3
+    assert [x["learning_rate"] for x in lines] == pytest.approx([4.268e-3, 0.732e-3], rel=1e-3)
 
 
 def test_round_two_starts_from_round_one_merge_in_its_signed_manifest(fed_run: dict) -> None:
