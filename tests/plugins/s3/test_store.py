@@ -199,6 +199,16 @@ def test_view_streams_an_object_readable_at_any_offset(s3_url, tmp_path, s3_hub)
     assert bytes(view.read_at(0, len(data))) == data
 
 
+def test_a_streamed_read_across_blocks_returns_the_right_bytes():
+    import os
+
+    data = os.urandom(5000)
+    view = StreamedObject("objects/ab/payload", _Bytes(data), len(data), None, block=1000)
+    assert bytes(view.read_at(990, 2020)) == data[990:3010]  # spans three blocks
+    assert bytes(view.read_at(4000, 1000)) == data[4000:]
+    assert bytes(view.read_at(0, 5000)) == data
+
+
 def test_a_streamed_body_shorter_than_its_length_is_refused_at_the_missing_bytes():
     view = StreamedObject("objects/ab/payload", _Bytes(b"x" * 100), 200, lambda exc: exc)
     assert bytes(view.read_at(90, 10)) == b"x" * 10
