@@ -305,7 +305,10 @@ def run_gpu_bench(
     for name in sections:
         left = budget_s - (time.monotonic() - started)
         if left < MIN_SECTION_S:
-            report["sections"][name] = {"status": "skipped", "error": f"{left:.0f} s left"}
+            report["sections"][name] = {
+                "status": "skipped",
+                "error": f"{max(left, 0):.0f} s of the budget left",
+            }
         else:
             try:
                 entry = run_section(name, ctx, min(BUDGETS_S[name] * scale, left))
