@@ -56,6 +56,7 @@ def test_64_concurrent_requests_over_8_adapters_match_single_request_output(
     assert [r.json()["choices"][0]["text"] for r in responses] == [single_outputs[j] for j in jobs]
 
 
+@pytest.mark.engine_internal  # counts the hf worker's steps (qlora_hub_batch_rows)
 def test_batches_really_mix_adapters(live_server) -> None:
     """The batch-size histogram saw forward passes with more than 8 rows."""
     text = httpx.get(live_server.url + "/metrics").text
@@ -94,6 +95,7 @@ def _evictions(live_server) -> float:
     return float(lines[0].split()[-1]) if lines else 0.0
 
 
+@pytest.mark.engine_internal  # counts the hf worker's steps (qlora_hub_batch_rows)
 def test_request_arriving_mid_decode_joins_the_running_batch(live_server) -> None:
     """A short request sent while a long one decodes finishes first, in shared forward passes.
 
