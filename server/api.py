@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -18,6 +19,8 @@ from litestar import Request, get, post
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
 from litestar.response import Stream
 
+from hub.errors import ValidationError
+from hub.names import split_owner
 from server.accesslog import on_close
 from server.cache import AdapterUnavailable, CacheBusy
 from server.errors import APIError, not_found
@@ -90,17 +93,23 @@ async def list_models(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
-@get("/v1/models/{model_id:str}")
-async def get_model(request: Request, model_id: str) -> dict[str, Any]:
-    """One model the caller may use: ``base``, ``NAME`` or ``NAME@N``; 404 for any other."""
+@get("/v1/models/{model_id:path}")
+async def get_model(request: Request, model_id: PurePosixPath) -> dict[str, Any]:
+    """One model the caller may use: ``base``, ``[OWNER/]NAME`` or ``[OWNER/]NAME@N``; 404 for
+    any other (with ``OWNER``, only versions that team owns)."""
     srv = server_of(request)
     caller = srv.authenticate(request)
+    model_id = str(model_id).lstrip("/")  # a path parameter: an owner-qualified id has a "/"
     if model_id == BASE_MODEL:
         return base_entry(srv)
     name, _, version = model_id.partition("@")
     version = "" if version == "latest" else version
+    try:
+        owner, name = split_owner(name)
+    except ValidationError:
+        raise not_found(model_id) from None
     visible = await anyio.to_thread.run_sync(srv.cache.visible, caller.team)
-    versions = visible.get(name)
+    versions = {v: rec for v, rec in visible.get(name, {}).items() if owner in (None, rec.team)}
     if not versions or (version and not (version.isdigit() and int(version) in versions)):
         raise not_found(model_id)
     latest = versions[int(version) if version else max(versions)]

@@ -19,6 +19,7 @@ from typing import Any
 
 from hub.engines import AdapterRefused
 from hub.errors import HubError, ValidationError
+from hub.names import split_owner
 from hub.types import AdapterPayload, AdapterRef
 from server.hf_engine import TensorsOf
 from server.lora import parse_adapter
@@ -146,20 +147,32 @@ class AdapterCache:
 
         ``team=None`` is an admin: any adapter the server may read. Raises
         :class:`AdapterUnavailable` when the caller may not see it (never says which).
+        An owner-qualified ``owner/name[@N]`` only matches versions whose (signed) owner is
+        ``owner``, and the ref returned keeps the owner, so the load checks it again and
+        the entry is never shared with an unqualified request's.
         """
         try:
             ref = AdapterRef.parse(model)
+            owner, name = split_owner(ref.name)
         except ValidationError:
             raise AdapterUnavailable(model) from None
         if refresh:
             self.listing(self.identity, refresh=True)
             if team is not None:
                 self.listing(team, refresh=True)
+        asked = time.monotonic()
         listing = self.listing(self.identity) if team is None else self.visible(team)
-        versions = listing.get(ref.name, {})
+        versions = {
+            v: rec
+            for v, rec in listing.get(name, {}).items()
+            if owner is None or getattr(rec, "team", None) == owner
+        }
         version = ref.version if ref.version is not None else max(versions, default=None)
         if version is None or version not in versions:
-            if not refresh:  # maybe published or shared since the listing was cached
+            # maybe published or shared since the listing was cached (not if it was just read:
+            # a second listing would double a miss's cost, which over S3 is many round trips)
+            listed = [self._listings.get(t, (0.0,))[0] for t in {self.identity, team} if t]
+            if not refresh and min(listed) < asked:
                 return self.resolve(model, team, refresh=True)
             raise AdapterUnavailable(model)
         return AdapterRef(ref.name, version)
@@ -263,6 +276,7 @@ class AdapterCache:
 
     def _verify(self, payload: AdapterPayload, ref: AdapterRef) -> None:
         """Name, file hashes in the manifest (when present), and base."""
+        ref = AdapterRef(split_owner(ref.name)[1], ref.version)  # the owner: checked by the pull
         if payload.name != ref.name:
             raise ValidationError(f"storage returned {payload.name!r} for {ref}")
         hashes = payload.manifest.get("files") if isinstance(payload.manifest, dict) else None
