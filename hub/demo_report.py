@@ -21,7 +21,7 @@ def _loss_chart(work: Path, runs: dict[str, dict[str, Any]]) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
-    for task, info in runs.items():
+    for info in runs.values():
         steps, losses = [], []
         metrics = Path(info["run"]) / "metrics.jsonl"
         for line in metrics.read_text().splitlines() if metrics.is_file() else []:
@@ -29,11 +29,30 @@ def _loss_chart(work: Path, runs: dict[str, dict[str, Any]]) -> bytes:
             if event.get("kind") == "step" and "loss" in event:
                 steps.append(event["step"])
                 losses.append(event["loss"])
-        ax.plot(steps, losses, label=f"{info['adapter']} ({task}, letters {info['letters']})")
+        ax.plot(steps, losses, label=f"{info['adapter']} (words starting {info['letters']})")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
     ax.legend()
+    ax.grid(alpha=0.3)
+    return _fig_bytes(fig)
+
+
+def _accuracy_chart(train: dict[str, dict[str, Any]], rounds: list[dict[str, Any]]) -> bytes:
+    """Merged adapter per round, with each team alone (same steps per team) as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    ax.plot([x["round"] for x in rounds], [x["accuracy"] for x in rounds], marker="o",
+            label="merged (federated, ffa + CKKS)")  # fmt: skip
+    for i, (team, info) in enumerate(train.items()):
+        ax.axhline(info["accuracy"], linestyle=":", color=f"C{i + 2}", label=f"{team} alone")
+    ax.set(xlabel="round", ylabel="exact match, union held-out", ylim=(0, 1))
+    ax.set_xticks([x["round"] for x in rounds])
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _fig_bytes(fig)
 
@@ -74,17 +93,17 @@ def write_report(work: Path, summary: dict[str, Any]) -> Path:
     """Write ``<work>/report.html`` (self-contained: charts embedded as PNG data URIs)."""
     st = summary["stages"]
     train, fed, base = st["train"], st["federated"], st["base"]
-    steps = summary["recipe"]["steps"]
     teams = [t for t, v in train.items() if isinstance(v, dict)]
     accuracy = [
-        [f"team {t} alone ({train[t]['adapter']}, words over {train[t]['letters']})", steps,
-         f"{train[t]['accuracy']:.0%}"]
+        [f"team {t} alone ({train[t]['adapter']}, words starting {train[t]['letters']})",
+         train[t].get("steps", ""), "", f"{train[t]['accuracy']:.0%}"]
         for t in teams
     ]  # fmt: skip
     accuracy += [
-        [f"merged, round {x['round']} (ffa, CKKS)", x["steps_per_team"], f"{x['accuracy']:.0%}"]
+        [f"merged, round {x['round']} (ffa, CKKS)", x["steps_per_team"],
+         x.get("learning_rate", ""), f"{x['accuracy']:.0%}"]
         for x in fed["rounds"]
-    ]
+    ]  # fmt: skip
     answers = st["serve"]["answers"]
     words = list(next(iter(answers.values())))
     served = [[f"{w}:", *[answers[m][w] for m in answers]] for w in words]
@@ -117,10 +136,20 @@ ui --team alpha --runs {html.escape(str(work / "runs"))}
 <h2>Training loss</h2>
 <img alt="training loss" src="{_png_data_uri(_loss_chart(work, {t: train[t] for t in teams}))}">
 <h2>Held-out exact match</h2>
-<p>Task <code>{html.escape(fed["task"])}</code>; each team trains only on words over its half
-of the alphabet; every adapter is scored on both teams' held-out words (the union). Each
-federated round after the first trains both teams further from the previous merge.</p>
-{_table(["adapter", "training steps per team", "exact match, union"], accuracy)}
+<p>Task <code>{html.escape(fed["task"])}</code>; each team trains only on the words that
+begin with its half of the alphabet; every adapter is scored on held-out words of both
+halves (the union). Each team alone trains all its steps in one run; the federated rounds
+spend the same steps per team, each round from the previous merge, with one cosine
+learning-rate schedule over the rounds.</p>
+<img alt="exact match per round" src="{
+        _png_data_uri(_accuracy_chart({t: train[t] for t in teams}, fed["rounds"]))
+    }">
+{
+        _table(
+            ["adapter", "training steps per team", "round learning rate", "exact match, union"],
+            accuracy,
+        )
+    }
 <h2>Served answers</h2>
 {_table(["prompt", *answers], served)}
 <h2>Timings</h2>
