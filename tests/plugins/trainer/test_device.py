@@ -111,3 +111,15 @@ def test_eval_merge_and_quantize_refuse_cuda_without_a_gpu(
     result = run_cli("--home", str(tmp_path), *args, "--device", "cuda:0")
     assert (result.exit_code, result.err) == (2, f"error: --device cuda:0: {NO_CUDA}\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_merge_with_device_cpu_writes_a_standalone_model(cpu_run, embedded_base, tmp_path):
+    run, _ = cpu_run
+    out = tmp_path / "merged"
+    result = run_cli(
+        "--home", str(tmp_path), "merge", str(run / "adapter"), "--base", str(embedded_base),
+        "--out", str(out), "--device", "cpu",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.err
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    assert "max |logit difference| merged vs base+adapter" in result.out
