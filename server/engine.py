@@ -1,15 +1,21 @@
 """Continuous-batching generation engine: one worker thread, many adapters per forward pass.
 
-Requests wait in a bounded queue. At every step the worker admits waiting
-requests up to ``max_batch`` rows, prefills them together (left padded), and
-merges their KV cache into the running batch, which then decodes one token
-for every row in one forward pass; each row uses its own adapter through
-:class:`server.lora.LoRABank`. Finished, cancelled and timed-out rows leave
-after the step that finished them; cancelled ones leave before the next forward
-pass. One row's failure (sampling, non-finite logits, decoding, streaming, a prefill
-that raises) ends that row only, with an error naming its request id. The KV cache
-is held as one left-padded tensor pair per layer, so joining is a pad + concat and
-leaving an index.
+Requests wait in a bounded queue. At every step the worker admits waiting requests up to
+``max_batch`` rows as one prefill group, runs the next chunk of at most ``prefill_chunk``
+prompt columns of that group, and then decodes one token for every running row in one
+forward pass; each row uses its own adapter through :class:`server.lora.LoRABank`. A long
+prompt therefore costs the running rows one chunk per step, not a stall. A group whose
+prefill finished joins the running batch. Finished, cancelled and timed-out rows leave
+after the step that finished them; cancelled ones leave before the next forward pass. One
+row's failure (sampling, non-finite logits, decoding, streaming, a prefill that raises)
+ends that row only, with an error naming its request id.
+
+Everything lives on the model's device (:func:`server.lora.model_device`): the KV cache
+and per-row tensors (:class:`server.kvcache.KVBatch`, grown in place), input ids, the
+requests' random generators. Sampling runs there too, and a step reads back one tensor
+(tokens, statuses, logprobs): ``stats["syncs"]`` counts those reads, ``stats["steps"]``
+the forward passes. Text is decoded incrementally (a few tokens per step, not the whole
+completion).
 """
 
 from __future__ import annotations
@@ -20,24 +26,74 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from server.lora import LoRABank
+from server.kvcache import KVBatch
+from server.lora import LoRABank, model_device
 from server.request import GenRequest, QueueFullError
-from server.sampling import RowError, sample
+from server.sampling import RowError, sample_rows
 
 __all__ = ["Engine", "GenRequest", "QueueFullError"]
 
 log = logging.getLogger("qlora_hub.server.engine")
+
+PREFILL_CHUNK = 512
+"""Prompt columns one prefill forward pass takes at most (the default of ``prefill_chunk``)."""
+
+
+@dataclass
+class _Detok:
+    """Incremental detokenization of one completion (vLLM's prefix/read offsets).
+
+    ``ids`` are the completion's tokens without end tokens; ``text`` is what is final.
+    Each step decodes only ``ids[prefix:]`` against ``ids[prefix:read]``: the few tokens
+    before the new ones keep a tokenizer's leading-space rules the same as decoding the
+    whole completion.
+    """
+
+    ids: list[int] = field(default_factory=list)
+    text: str = ""
+    prefix: int = 0
+    read: int = 0
+
+    def add(self, tokenizer: Any, token: int | None) -> str:
+        """Append ``token`` (None: an end token) and return the whole text so far.
+
+        A trailing unfinished UTF-8 character stays in the returned text as U+FFFD (so
+        :meth:`GenRequest.emit` holds it back) but is not made final.
+        """
+        if token is not None:
+            self.ids.append(token)
+        before = tokenizer.decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
+        now = tokenizer.decode(self.ids[self.prefix :], skip_special_tokens=True)
+        if len(now) <= len(before) or now.endswith("\ufffd"):
+            return self.text + now[len(before) :]
+        self.text += now[len(before) :]
+        self.prefix, self.read = self.read, len(self.ids)
+        return self.text
+
+
+@dataclass
+class _Prefill:
+    """A group of requests being prefilled, chunk by chunk, in its own :class:`KVBatch`."""
+
+    reqs: list[GenRequest]
+    batch: KVBatch
+    ids: torch.Tensor  # (rows, width) left padded
+    mask: torch.Tensor
+    pos: torch.Tensor
+    done: int = 0  # columns prefilled so far
 
 
 class Engine:
     """The batching worker. Start with :meth:`start`; submit with :meth:`submit`.
 
     Args:
-        model: causal LM whose linear layers are wrapped by ``bank``.
+        model: causal LM whose linear layers are wrapped by ``bank``; the engine works on
+            its device.
         tokenizer: its tokenizer (decodes generated text for stop strings and deltas).
         bank: the gathered-LoRA bank (slot per row).
         max_batch: most rows decoding at once.
@@ -46,6 +102,8 @@ class Engine:
         on_step: optional callback ``on_step(batch_rows)`` after every forward pass (metrics).
         on_finish: optional callback ``on_finish(request, reason)`` when a request
             leaves (``stop``, ``length``, ``cancelled``, ``timeout`` or ``error``; metrics).
+        prefill_chunk: most prompt columns per prefill forward pass (longer prompts take
+            several steps, between which the running rows decode).
     """
 
     def __init__(
@@ -59,14 +117,24 @@ class Engine:
         eos_ids: set[int] | None = None,
         on_step: Callable[[int], None] | None = None,
         on_finish: Callable[[GenRequest, str], None] | None = None,
+        prefill_chunk: int = PREFILL_CHUNK,
     ) -> None:
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be positive, got {prefill_chunk}")
         self.model, self.tokenizer, self.bank = model, tokenizer, bank
         self.max_batch, self.max_queue = max_batch, max_queue
         self.eos_ids = eos_ids if eos_ids is not None else {tokenizer.eos_token_id}
         self.on_step = on_step
         self.on_finish = on_finish or (lambda req, reason: None)
         self.pad_id = tokenizer.pad_token_id or 0
+        self.prefill_chunk = prefill_chunk
+        self.device = model_device(model)
+        config = getattr(model.config, "get_text_config", lambda: model.config)()
+        self.num_layers = int(config.num_hidden_layers)
+        self.stats = {"steps": 0, "syncs": 0}
+        """Forward passes, and device-to-host reads in the step loop (one per sampling pass)."""
         self._pending: collections.deque[GenRequest] = collections.deque()
+        self._retry: collections.deque[GenRequest] = collections.deque()  # prefill alone
         self._cond = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -74,11 +142,9 @@ class Engine:
 
     def _reset(self) -> None:
         self.rows: list[GenRequest] = []
-        self.kv: list[list[torch.Tensor]] = []  # per layer [keys, values], (B, H, T, D)
-        self.mask = torch.zeros(0, 0, dtype=torch.long)
-        self.pos = torch.zeros(0, dtype=torch.long)
-        self.slots = torch.zeros(0, dtype=torch.long)
-        self.last = torch.zeros(0, dtype=torch.long)
+        self.batch = KVBatch(self.device, self.num_layers, rows=self.max_batch)
+        self.prefill: _Prefill | None = None
+        self._detok: dict[int, _Detok] = {}
 
     @property
     def queue_depth(self) -> int:
@@ -104,9 +170,11 @@ class Engine:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        for req in [*self.rows, *self._pending]:
+        group = self.prefill.reqs if self.prefill else []
+        for req in [*self.rows, *group, *self._retry, *self._pending]:
             self._finish_error(req, "server shutting down")
         self._pending.clear()
+        self._retry.clear()
         self._reset()
 
     def submit(self, req: GenRequest) -> None:
@@ -116,12 +184,12 @@ class Engine:
         with self._cond:
             if len(self._pending) >= self.max_queue:
                 raise QueueFullError(f"{len(self._pending)} requests are waiting")
-            if req.seed is not None:
-                req.generator = torch.Generator().manual_seed(req.seed)
-            elif req.temperature > 0:
-                req.generator = torch.Generator().manual_seed(
-                    int.from_bytes(os.urandom(8), "little")
-                )
+            if req.seed is not None or req.temperature > 0:
+                # sampling happens on the model's device: so does the request's generator
+                seed = req.seed
+                if seed is None:
+                    seed = int.from_bytes(os.urandom(8), "little") >> 1
+                req.generator = torch.Generator(device=self.device).manual_seed(seed)
             self._pending.append(req)
             self._cond.notify()
 
@@ -131,43 +199,109 @@ class Engine:
         torch.set_grad_enabled(False)
         while True:
             with self._cond:
-                while not self._stop and not self._pending and not self.rows:
+                while not self._stop and not self._pending and not self._busy():
                     self._cond.wait(timeout=1.0)
                 if self._stop:
                     return
-                joining = []
-                while self._pending and len(self.rows) + len(joining) < self.max_batch:
-                    joining.append(self._pending.popleft())
-                    joining[-1].joined_at = time.monotonic()
-            joining = [r for r in joining if not self._dropped(r)]
+                joining = self._admit()
             self._drop_stopped_rows()
             if joining:
-                self._prefill_isolated(joining)
+                self._start_prefill(joining)
+            if self.prefill is not None:
+                self._prefill_step()
             if self.rows:
                 try:
                     self._decode()
                 except Exception as exc:  # a bug or OOM must not kill the worker
                     self._fail_rows(self.rows, "decode", exc)
-                    self._reset()
+                    self.rows = []
+                    self.batch = KVBatch(self.device, self.num_layers, rows=self.max_batch)
 
-    def _prefill_isolated(self, joining: list[GenRequest]) -> None:
-        """Prefill ``joining``; when that fails, retry each row alone so only the culprit fails.
+    def _busy(self) -> bool:
+        return bool(self.rows or self.prefill or self._retry)
 
-        The running rows are untouched either way: a prefill builds its own cache and joins
-        the batch only once it succeeded.
-        """
-        try:
-            self._prefill(joining)
+    def _admit(self) -> list[GenRequest]:
+        """The next prefill group, when none is in flight: a retried row alone, else waiting
+        requests up to ``max_batch`` rows in all (under the lock)."""
+        if self.prefill is not None:
+            return []
+        if self._retry:
+            return [self._retry.popleft()]
+        joining: list[GenRequest] = []
+        while self._pending and len(self.rows) + len(joining) < self.max_batch:
+            joining.append(self._pending.popleft())
+            joining[-1].joined_at = time.monotonic()
+        return joining
+
+    def _start_prefill(self, joining: list[GenRequest]) -> None:
+        """Left-pad the group's prompts into one batch (one host-to-device copy each)."""
+        joining = [r for r in joining if not self._dropped(r) and self._valid_prompt(r)]
+        if not joining:
             return
+        width = max(len(r.prompt_ids) for r in joining)
+        ids = [[self.pad_id] * (width - len(r.prompt_ids)) + r.prompt_ids for r in joining]
+        mask = [[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in joining]
+        pos = [[0] * (width - len(r.prompt_ids)) + list(range(len(r.prompt_ids))) for r in joining]
+        dev = self.device
+        batch = KVBatch(self.device, self.num_layers, rows=len(joining), cols=width)
+        batch.add_rows(len(joining))
+        batch.slots[: len(joining)] = torch.tensor(
+            [r.slot for r in joining], dtype=torch.long, device=dev
+        )
+        self.prefill = _Prefill(
+            joining,
+            batch,
+            torch.tensor(ids, dtype=torch.long, device=dev),
+            torch.tensor(mask, dtype=torch.long, device=dev),
+            torch.tensor(pos, dtype=torch.long, device=dev),
+        )
+
+    def _prefill_step(self) -> None:
+        """Run the group's next chunk; after the last one, sample and join the running batch.
+
+        When the group fails, each of its rows is prefilled again alone, so only the
+        culprit fails; the running rows are untouched either way.
+        """
+        group = self.prefill
+        try:
+            self._prefill_chunk(group)
         except Exception as exc:
-            if len(joining) == 1:
-                self._fail_rows(joining, "prefill", exc)
-                return
-        for req in joining:
-            try:
-                self._prefill([req])
-            except Exception as exc:
-                self._fail_rows([req], "prefill", exc)
+            self.prefill = None
+            if len(group.reqs) == 1:
+                self._fail_rows(group.reqs, "prefill", exc)
+            else:
+                self._retry.extend(group.reqs)
+
+    def _valid_prompt(self, req: GenRequest) -> bool:
+        """Fail a request whose prompt holds a token id outside the vocabulary (on a GPU
+        the embedding lookup would be a fatal device assert, not an exception)."""
+        vocab = self.model.get_input_embeddings().num_embeddings
+        bad = next((t for t in req.prompt_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            exc = ValueError(f"token id {bad} is outside the vocabulary (0..{vocab - 1})")
+            self._fail_rows([req], "prefill", exc)
+        return bad is None
+
+    def _prefill_chunk(self, group: _Prefill) -> None:
+        batch, n = group.batch, len(group.reqs)
+        start, end = group.done, min(group.done + self.prefill_chunk, group.ids.shape[1])
+        mask = batch.open_columns(group.mask[:, start:end])
+        logits = self._forward(
+            group.ids[:, start:end], mask, group.pos[:, start:end], batch.slots[:n], batch
+        )
+        batch.advance(end - start)
+        group.done = end
+        if end < group.ids.shape[1]:
+            return
+        self.prefill = None
+        batch.lens = [len(r.prompt_ids) for r in group.reqs]
+        batch.pos[:n] = group.pos[:, -1] + 1
+        last, tokens, failed = self._sample_rows(group.reqs, logits)
+        batch.last[:n] = last
+        keep = self._after_tokens(group.reqs, tokens, failed)
+        if keep:
+            self.batch.join(batch, keep)
+            self.rows.extend(group.reqs[i] for i in keep)
 
     def _fail_rows(self, reqs: list[GenRequest], phase: str, exc: Exception) -> None:
         """End ``reqs`` with an error naming the failure; log it once per request id."""
@@ -204,10 +338,8 @@ class Engine:
             self._finish(req, reason)
         return bool(reason)
 
-    def _forward(self, ids, mask, pos, slots, kv) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
-        from transformers import DynamicCache
-
-        cache = DynamicCache(ddp_cache_data=[(k, v) for k, v in kv]) if kv else DynamicCache()
+    def _forward(self, ids, mask, pos, slots, batch: KVBatch) -> torch.Tensor:
+        """One forward pass over ``batch``'s cache (written in place); last-position logits."""
         # the bank lock covers only the forward pass: finishing a row releases its adapter in
         # the cache, which takes the cache lock, and the cache takes the bank lock inside it
         with self.bank.lock:
@@ -216,101 +348,52 @@ class Engine:
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=pos,
-                past_key_values=cache,
+                past_key_values=batch.cache(),
                 use_cache=True,
                 logits_to_keep=1,
             )
-        layers = out.past_key_values.layers
+        self.stats["steps"] += 1
         if self.on_step:
             self.on_step(ids.shape[0])
-        return out.logits[:, -1, :].float(), [[layer.keys, layer.values] for layer in layers]
-
-    def _prefill(self, joining: list[GenRequest]) -> None:
-        if not joining:
-            return
-        width = max(len(r.prompt_ids) for r in joining)
-        ids = torch.full((len(joining), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(joining), width), dtype=torch.long)
-        for i, r in enumerate(joining):
-            ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
-            mask[i, width - len(r.prompt_ids) :] = 1
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        slots = torch.tensor([r.slot for r in joining], dtype=torch.long)
-        logits, kv = self._forward(ids, mask, pos, slots, None)
-        last, failed = self._sample_rows(joining, logits)
-        keep = self._after_tokens(joining, last, failed)
-        if keep:
-            idx = torch.tensor(keep, dtype=torch.long)
-            kv = [[t[idx] for t in layer] for layer in kv]
-            joining = [joining[i] for i in keep]
-            self._merge(joining, kv, mask[idx], pos[idx, -1] + 1, slots[idx], last[idx])
-
-    def _merge(self, joining, kv, mask, pos, slots, last) -> None:
-        """Add prefilled rows to the running batch, left-padding whichever cache is shorter."""
-        if not self.rows:
-            self.rows, self.kv, self.mask, self.pos, self.slots, self.last = (
-                list(joining),
-                kv,
-                mask,
-                pos,
-                slots,
-                last,
-            )
-            return
-        width = max(self.mask.shape[1], mask.shape[1])
-
-        def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
-            missing = width - t.shape[dim]
-            if missing == 0:
-                return t
-            shape = list(t.shape)
-            shape[dim] = missing
-            return torch.cat([t.new_zeros(shape), t], dim=dim)
-
-        self.kv = [
-            [torch.cat([pad(old, 2), pad(new, 2)]) for old, new in zip(old_l, new_l, strict=True)]
-            for old_l, new_l in zip(self.kv, kv, strict=True)
-        ]
-        self.mask = torch.cat([pad(self.mask, 1), pad(mask, 1)])
-        self.pos = torch.cat([self.pos, pos])
-        self.slots = torch.cat([self.slots, slots])
-        self.last = torch.cat([self.last, last])
-        self.rows.extend(joining)
+        return out.logits[:, -1, :].float()
 
     def _decode(self) -> None:
-        mask = torch.cat([self.mask, torch.ones(len(self.rows), 1, dtype=torch.long)], dim=1)
-        logits, self.kv = self._forward(
-            self.last[:, None], mask, self.pos[:, None], self.slots, self.kv
+        batch, n = self.batch, len(self.rows)
+        mask = batch.open_columns(torch.ones(n, 1, dtype=torch.long, device=self.device))
+        logits = self._forward(
+            batch.last[:n, None], mask, batch.pos[:n, None], batch.slots[:n], batch
         )
-        self.mask, self.pos = mask, self.pos + 1
-        self.last, failed = self._sample_rows(self.rows, logits)
-        keep = self._after_tokens(self.rows, self.last, failed)
-        if len(keep) < len(self.rows):
+        batch.advance(1)
+        batch.pos[:n] += 1
+        last, tokens, failed = self._sample_rows(self.rows, logits)
+        batch.last[:n] = last
+        keep = self._after_tokens(self.rows, tokens, failed)
+        if len(keep) < n:
             self._keep(keep)
 
     def _sample_rows(
         self, reqs: list[GenRequest], logits: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[int, str]]:
-        """The next token of every row, sampled row by row so one row's failure stays its own.
+    ) -> tuple[torch.Tensor, list[int], dict[int, str]]:
+        """Every row's next token, sampled on the device with one read back to the host.
 
-        Returns the tokens and ``{row: reason}`` for rows that cannot go on (non-finite
-        logits or probabilities, see :mod:`server.sampling`); their token is meaningless and
-        they leave the batch.
+        Returns the tokens as a device tensor (the next input ids) and as ints, and
+        ``{row: reason}`` for rows that cannot go on (non-finite logits or probabilities,
+        see :mod:`server.sampling`); their token is meaningless and they leave the batch.
         """
+        last, results = sample_rows(logits, reqs, self.stats)
         tokens = [0] * len(reqs)
         failed: dict[int, str] = {}
-        for i, (req, got) in enumerate(zip(reqs, sample(logits, reqs), strict=True)):
+        for i, (req, got) in enumerate(zip(reqs, results, strict=True)):
             if isinstance(got, RowError):
                 failed[i] = got.message
                 continue
             tokens[i] = got.token
             if req.logprobs is not None:
                 req.token_logprobs.append(got)
-        # the next step feeds these back as input ids: keep them on the model's device
-        return torch.tensor(tokens, dtype=torch.long, device=logits.device), failed
+        return last, tokens, failed
 
     def _after_tokens(
-        self, reqs: list[GenRequest], tokens: torch.Tensor, failed: dict[int, str] | None = None
+        self, reqs: list[GenRequest], tokens: list[int], failed: dict[int, str] | None = None
     ) -> list[int]:
         """Record each row's new token and stream its text; returns the rows still running.
 
@@ -320,7 +403,7 @@ class Engine:
         keep = []
         now = time.monotonic()
         failed = failed or {}
-        for i, (req, token) in enumerate(zip(reqs, tokens.tolist(), strict=True)):
+        for i, (req, token) in enumerate(zip(reqs, tokens, strict=True)):
             if i in failed:
                 self._row_error(req, failed[i])
                 continue
@@ -330,7 +413,7 @@ class Engine:
                 req.last_token_at = now
                 req.generated.append(token)
                 reason = self._stop_reason(req, token)
-                text = self._text(req)
+                text = self._text(req, token)
                 reason = req.emit(text, reason)
             except Exception as exc:
                 self._row_error(req, f"decoding failed: {type(exc).__name__}: {exc}")
@@ -352,9 +435,10 @@ class Engine:
         )
         self._finish_error(req, f"{reason}; request {req.request_id}")
 
-    def _text(self, req: GenRequest) -> str:
-        ids = [t for t in req.generated if t not in self.eos_ids]
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+    def _text(self, req: GenRequest, token: int) -> str:
+        """The completion's text so far, decoding only the newest tokens."""
+        detok = self._detok.setdefault(id(req), _Detok())
+        return detok.add(self.tokenizer, None if token in self.eos_ids else token)
 
     def _stop_reason(self, req: GenRequest, token: int | None = None) -> str | None:
         if req.cancelled.is_set():
@@ -368,17 +452,8 @@ class Engine:
         return None
 
     def _keep(self, keep: list[int]) -> None:
-        idx = torch.tensor(keep, dtype=torch.long)
-        self.rows = [self.rows[i] for i in keep]
-        self.mask, self.pos = self.mask[idx], self.pos[idx]
-        self.slots, self.last = self.slots[idx], self.last[idx]
-        # columns that are padding for every remaining row carry nothing: drop them
-        used = self.mask.any(0).nonzero()
-        start = int(used[0]) if len(keep) and len(used) else 0
-        self.mask = self.mask[:, start:]
-        self.kv = [[t[idx][:, :, start:] for t in layer] for layer in self.kv]
-        if not keep:
-            self._reset()
+        order = self.batch.keep(keep)
+        self.rows = [self.rows[i] for i in order]
 
     def _finish(self, req: GenRequest, reason: str) -> None:
         usage = {
@@ -388,11 +463,13 @@ class Engine:
         }
         event = ("error", "timeout", usage) if reason == "timeout" else ("done", reason, usage)
         self._deliver(req, event)
+        self._detok.pop(id(req), None)
         req.release()
         self.on_finish(req, reason)
 
     def _finish_error(self, req: GenRequest, message: str) -> None:
         self._deliver(req, ("error", message, None))
+        self._detok.pop(id(req), None)
         req.release()
         self.on_finish(req, "error")
 

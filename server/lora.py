@@ -48,6 +48,18 @@ def linear_shape(module: nn.Module) -> tuple[int, int] | None:
     return None
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model`` takes its input ids: its input embeddings' device (else its first
+    parameter's; CPU for a model without parameters)."""
+    try:
+        param = model.get_input_embeddings().weight
+    except (AttributeError, NotImplementedError):
+        param = None
+    if param is None:
+        param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 class BatchedLoRALinear(nn.Module):
     """A base linear layer plus the per-row LoRA delta of its bank slot."""
 
@@ -101,18 +113,31 @@ class LoRABank:
         dtype: dtype of the stacked weights (the model's compute dtype).
     """
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        dtype: torch.dtype = torch.float32,
+        *,
+        max_adapters: int = 8,
+        rank: int = 8,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if max_adapters < 1 or rank < 1:
+            raise ValueError(f"max_adapters ({max_adapters}) and rank ({rank}) must be positive")
         self.model = model
         self.dtype = dtype
+        self.device = torch.device(device) if device is not None else model_device(model)
         self.lock = threading.RLock()
         self.rows: torch.Tensor | None = None
-        self.rank = 8
-        self.capacity = 1
+        self.rank = rank
+        self.capacity = max_adapters + 1  # slot 0 is the base
         self.shapes: dict[str, tuple[int, int]] = {}
         """module name -> (in, out) of every layer an adapter may target."""
         self.weights: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         """module name -> (A (slots, rank, in), B (slots, out, rank), scale (slots,)) of wrapped layers."""
         self.used: set[int] = set()
+        self.reallocations = 0
+        """How often every stack was reallocated (more adapters than slots, or a larger rank)."""
         wrapped = {n for n, m in model.named_modules() if isinstance(m, BatchedLoRALinear)}
         for name, module in model.named_modules():
             if name in wrapped:
@@ -132,20 +157,27 @@ class LoRABank:
             parent_name, _, child = name.rpartition(".")
             parent = self.model.get_submodule(parent_name) if parent_name else self.model
             setattr(parent, child, BatchedLoRALinear(module, name, self))
+        self.weights[name] = self._stacks(name, self.capacity, self.rank)
+
+    def _stacks(self, name: str, capacity: int, rank: int) -> tuple[torch.Tensor, ...]:
+        """Zero ``(A, B, scale)`` stacks of ``capacity`` slots for layer ``name``, on the bank's device."""
         fan_in, fan_out = self.shapes[name]
-        self.weights[name] = (
-            torch.zeros(self.capacity, self.rank, fan_in, dtype=self.dtype),
-            torch.zeros(self.capacity, fan_out, self.rank, dtype=self.dtype),
-            torch.zeros(self.capacity, dtype=self.dtype),
+        dtype, device = self.dtype, self.device
+        return (
+            torch.zeros(capacity, rank, fan_in, dtype=dtype, device=device),
+            torch.zeros(capacity, fan_out, rank, dtype=dtype, device=device),
+            torch.zeros(capacity, dtype=dtype, device=device),
         )
 
     def _grow(self, capacity: int, rank: int) -> None:
-        """Reallocate every stack to ``capacity`` slots of rank ``rank`` (zero padded)."""
+        """Reallocate every stack to ``capacity`` slots of rank ``rank`` (zero padded).
+
+        Only when the preallocated slots are all taken (retired adapters still pinned by
+        running requests) or an adapter's rank exceeds the bank's.
+        """
+        self.reallocations += bool(self.weights)
         for name, (a, b, s) in self.weights.items():
-            fan_in, fan_out = self.shapes[name]
-            na = torch.zeros(capacity, rank, fan_in, dtype=self.dtype)
-            nb = torch.zeros(capacity, fan_out, rank, dtype=self.dtype)
-            ns = torch.zeros(capacity, dtype=self.dtype)
+            na, nb, ns = self._stacks(name, capacity, rank)
             na[: a.shape[0], : a.shape[1]] = a
             nb[: b.shape[0], :, : b.shape[2]] = b
             ns[: s.shape[0]] = s
@@ -171,7 +203,9 @@ class LoRABank:
                 raise ValueError(f"no LoRA-targetable layer named {unknown[0]!r} in the base")
             slot = next((s for s in range(1, self.capacity) if s not in self.used), self.capacity)
             if slot >= self.capacity or rank > self.rank:
-                self._grow(max(self.capacity, slot + 1), max(self.rank, rank))
+                # all slots taken: double, so a run of adds past the preallocation stays amortized
+                capacity = 2 * self.capacity if slot >= self.capacity else self.capacity
+                self._grow(capacity, max(self.rank, rank))
             for name in tensors:
                 if name not in self.weights:
                     self._wrap(name)
@@ -181,8 +215,8 @@ class LoRABank:
                 s_all[slot] = 0.0
                 if name in tensors:
                     a, b = tensors[name]
-                    a_all[slot, : a.shape[0]] = a.to(self.dtype)
-                    b_all[slot, :, : b.shape[1]] = b.to(self.dtype)
+                    a_all[slot, : a.shape[0]] = a.to(self.device, self.dtype)
+                    b_all[slot, :, : b.shape[1]] = b.to(self.device, self.dtype)
                     s_all[slot] = scale[name] if isinstance(scale, dict) else scale
             self.used.add(slot)
             return slot

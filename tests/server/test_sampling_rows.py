@@ -86,3 +86,34 @@ def test_same_generator_seed_samples_the_same_token() -> None:
     logits = logits_of(*[[0.0] * 50] * 2)
     a, b = sample(logits, [seeded(3, temperature=1.0), seeded(3, temperature=1.0)])
     assert a == b
+
+
+def test_rows_asking_for_different_logprobs_read_back_in_one_transfer() -> None:
+    """Rows with 0, 3 and no alternatives, beside a failing row, in one call: each gets its own
+    entries, and the call counts exactly one device-to-host read."""
+    logits = logits_of(
+        [1.0, 3.0, 2.0, 0.0], [0.5, 0.0, 5.0, 1.0], [float("nan")] * 4, [2.0, 1.0, 0.0, 0.0]
+    )
+    stats = {"syncs": 0}
+    out = sample(logits, [Row(logprobs=0), Row(logprobs=3), Row(logprobs=2), Row()], stats)
+    lp = torch.log_softmax(logits, -1)
+    assert out[0] == Sampled(1, pytest.approx(float(lp[0, 1])), ())
+    assert out[1].token == 2 and [t for t, _ in out[1].top] == [2, 3, 0]
+    assert [v for _, v in out[1].top] == pytest.approx([float(lp[1, t]) for t in (2, 3, 0)])
+    assert out[2] == RowError(NON_FINITE_LOGITS)
+    assert out[3] == Sampled(0)
+    assert stats == {"syncs": 1}
+
+
+def test_sampling_draws_what_torch_multinomial_draws_from_the_same_generator() -> None:
+    """Seeded results are the same as ``torch.multinomial`` on the row's generator (what the
+    engine used before sampling moved onto the device)."""
+    logits = torch.randn(1, 64, generator=torch.Generator().manual_seed(0))
+    for seed in range(20):
+        (got,) = sample(logits, [seeded(seed, temperature=0.7, top_p=0.9)])
+        probs = torch.softmax(logits[0] / 0.7, -1)
+        sorted_p, order = probs.sort(descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < 0.9
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+        want = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed))
+        assert got.token == int(want[0])
