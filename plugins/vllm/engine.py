@@ -275,6 +275,7 @@ class VLLMEngine:
             logit_bias=dict(req.logit_bias) or None,
             logprobs=req.logprobs,
             stop_token_ids=sorted(self.eos_ids),
+            ignore_eos=not self.eos_ids,  # no end tokens at all: run to max_tokens (benchmarks)
             output_kind=RequestOutputKind.DELTA,
             detokenize=False,
         )
@@ -330,10 +331,13 @@ class VLLMEngine:
                 task.cancel()
 
     async def _end_all(self, message: str) -> None:
+        tasks = []
         for number, (_, task) in list(self._live.items()):
             self._ends[number] = "error:" + message
             task.cancel()
-        await asyncio.sleep(0)
+            tasks.append(task)
+        if tasks:  # let each one deliver its error before vLLM goes away
+            await asyncio.wait(tasks, timeout=30)
 
     def _finish(self, req: GenRequest, reason: str) -> None:
         if reason.startswith("error:"):

@@ -11,5 +11,6 @@ class TestVLLMEngineContract(EngineContract):
     max_lora_rank = 16  # the [vllm] max_lora_rank default
 
     @pytest.fixture(scope="class")
-    def engine(self, vllm_engine):
+    @classmethod
+    def engine(cls, vllm_engine):
         return vllm_engine
