@@ -74,3 +74,24 @@ def test_setting_defaults_to_auto_and_reads_the_environment(tmp_path, monkeypatc
         "cuda:1",
         "$QLORA_HUB_DEVICE",
     )
+
+
+def test_a_quantizer_that_takes_a_device_gets_it_and_one_that_does_not_is_not_passed_it() -> None:
+    from hub.models import load_on_device
+
+    calls = []
+
+    def with_device(source, options, device=None):
+        calls.append(("with", device))
+        return torch.nn.Linear(2, 2)
+
+    def without_device(source, options):
+        calls.append(("without",))
+        return torch.nn.Linear(2, 2)
+
+    assert model_device(load_on_device(with_device, "src", {}, device="cpu")).type == "cpu"
+    assert model_device(load_on_device(without_device, "src", {}, device="auto")).type == "cpu"
+    assert calls == [("with", torch.device("cpu")), ("without",)]
+    with pytest.raises(ConfigError, match="^--device cuda: no CUDA"):
+        load_on_device(with_device, "src", {}, device="cuda")
+    assert len(calls) == 2  # refused before the quantizer ran
