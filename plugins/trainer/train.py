@@ -22,7 +22,7 @@ from typing import Any
 from hub.errors import HubError, ValidationError
 from hub.types import AdapterPayload, AdapterRef
 from plugins.trainer.data import load_examples, split_eval
-from plugins.trainer.distributed import world
+from plugins.trainer.distributed import rank_device, world
 from plugins.trainer.manifest import (
     check_resumable,
     library_versions,
@@ -131,8 +131,6 @@ def train_adapter(
     opts.validate()
     say = log or (lambda *_: None)
     rank, world_size = world()
-    from plugins.trainer.distributed import rank_device
-
     target = rank_device(device)  # a bad or missing device fails here, before any reading
     run_dir = Path(out_dir)
     name = name or run_dir.name
