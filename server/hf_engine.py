@@ -52,12 +52,21 @@ class HFEngine(Engine):
         loaded: the base, loaded once (its linear layers get wrapped as adapters target them).
         max_batch: most rows decoding at once (``serve.max_batch``).
         max_queue: most waiting requests (``serve.max_queue``).
+        max_adapters: bank slots allocated up front (``serve.max_resident``; more double it).
     """
 
     name = "hf"
 
-    def __init__(self, loaded: LoadedBase, *, max_batch: int = 32, max_queue: int = 256) -> None:
-        bank = LoRABank(loaded.model, torch.float32)  # LoRA math in fp32, like PEFT
+    def __init__(
+        self,
+        loaded: LoadedBase,
+        *,
+        max_batch: int = 32,
+        max_queue: int = 256,
+        max_adapters: int = 8,
+    ) -> None:
+        # LoRA math in fp32, like PEFT; one slot per resident adapter, allocated once
+        bank = LoRABank(loaded.model, torch.float32, max_adapters=max_adapters)
         tok = loaded.tokenizer
         super().__init__(
             loaded.model,
@@ -110,4 +119,5 @@ def build_hf_engine(hub: Any, settings: Any, source: Any) -> HFEngine:
         loaded,
         max_batch=settings.get("serve.max_batch"),
         max_queue=settings.get("serve.max_queue"),
+        max_adapters=settings.get("serve.max_resident"),
     )
