@@ -48,6 +48,10 @@ class BlobStore(Protocol):
     def keys(self, prefix: str) -> list[str]:
         """Every key starting with ``prefix`` (a folder-like prefix ending in ``/``), sorted."""
 
+    # Optional, for large payloads: ``view(key)`` -> bytes-like, or an object with
+    # ``len()`` and ``read_at(pos, n)`` that may still be downloading (s3), and
+    # ``reader(key)`` -> such an object as a context manager (file://).
+
 
 BlobFactory = Callable[[str, Any], BlobStore]
 """``factory(url, settings)`` -> :class:`BlobStore`; ``settings`` is a :class:`hub.config.Settings`."""
