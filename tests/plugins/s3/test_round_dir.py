@@ -191,3 +191,22 @@ def test_a_round_id_taken_in_the_bucket_is_refused(cli, world) -> None:
         ok=False,
     )
     assert f"error: round r1 already exists in {world['url']}: pick a new round id" in out
+
+
+def test_fed_rounds_dir_as_a_url_puts_each_round_under_it() -> None:
+    from types import SimpleNamespace
+
+    from hub.fed.rounddir import RoundDirParam, round_url
+
+    def state(rounds_dir):
+        return SimpleNamespace(settings=SimpleNamespace(get=lambda key: rounds_dir))
+
+    param = RoundDirParam()
+    assert round_url(state("s3://team-rounds/fed/"), None, "r7") == "s3://team-rounds/fed/r7"
+    assert round_url(state(""), param.convert("s3://b/x/", None, None), "r7") == "s3://b/x"
+    assert (
+        round_url(state("s3://team-rounds/fed"), param.convert("shared/r7", None, None), "r7")
+        is None
+    )
+    with pytest.raises(ValidationError, match="round id '../x' is not valid"):
+        round_url(state("s3://team-rounds/fed"), None, "../x")
