@@ -116,7 +116,9 @@ def build_engine(hub: Any, settings: Any, source: Any) -> VLLMEngine:
     v = vllm_values(settings)
     serve = {k: settings.get(f"serve.{k}") for k in ("max_resident", "max_batch", "max_queue")}
     check_settings(v, serve["max_resident"])
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # before vLLM is imported
+    # before vLLM is imported: its warnings only, on stderr (stdout may carry JSON)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     try:
         from transformers import AutoTokenizer
         from vllm.platforms import current_platform
