@@ -2,14 +2,20 @@
 
 uvicorn closes idle keep-alive connections and caps concurrent connections, but waits
 forever for a request's headers, so a client that trickles them in a byte at a time
-(slow loris) holds a socket open for good. :class:`HeaderTimeoutH11` closes a connection
-whose request headers are not complete ``header_timeout_s`` after it opened or after
-its previous response ended.
+(slow loris) holds a socket open for good. The protocols here close a connection whose
+request headers are not complete ``header_timeout_s`` after it opened or after its
+previous response ended, and refuse (400) a request head longer than ``max_header_bytes``.
+
+Two HTTP parsers: httptools (C, llhttp) with the uvloop event loop when both are
+installed, the default: under a burst of 1,000 requests each costs the server less than
+half the CPU time h11 (pure Python) does, and a burst of 429s is made of nothing else
+(docs/benchmarks.md); h11 otherwise, or when asked for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 from typing import Any
 
@@ -18,20 +24,23 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 log = logging.getLogger("qlora_hub.server.http")
 
 
-class HeaderTimeoutH11(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for each request's headers."""
+class _HeaderTimeout:
+    """A deadline for each request's headers (mixed into a uvicorn HTTP protocol)."""
 
     header_timeout_s = 10.0
+    max_header_bytes = 16384
     _header_timer: asyncio.TimerHandle | None = None
+    _head_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Start the clock for the first request's headers."""
-        super().connection_made(transport)
+        super().connection_made(transport)  # type: ignore[misc]
         self._arm()
 
     def _arm(self) -> None:
         self._disarm()
-        self._header_timer = self.loop.call_later(self.header_timeout_s, self._expired)
+        self._head_bytes = 0
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._expired)  # type: ignore[attr-defined]
 
     def _disarm(self) -> None:
         if self._header_timer is not None:
@@ -40,11 +49,27 @@ class HeaderTimeoutH11(H11Protocol):
 
     def _expired(self) -> None:
         self._header_timer = None
-        if not self.transport.is_closing():
+        if not self.transport.is_closing():  # type: ignore[attr-defined]
             log.info(
                 "closing a connection whose request headers took over %.0f s", self.header_timeout_s
             )
-            self.transport.close()
+            self.transport.close()  # type: ignore[attr-defined]
+
+    def on_response_complete(self) -> None:
+        """The next request on this connection gets its own deadline."""
+        super().on_response_complete()  # type: ignore[misc]
+        if not self.transport.is_closing():  # type: ignore[attr-defined]
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Stop the clock with the connection."""
+        self._disarm()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+
+class HeaderTimeoutH11(_HeaderTimeout, H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's headers (h11 bounds their
+    size itself: ``h11_max_incomplete_event_size``)."""
 
     def handle_events(self) -> None:
         """Stop the clock once a request's headers are complete (a new cycle starts)."""
@@ -53,37 +78,72 @@ class HeaderTimeoutH11(H11Protocol):
         if self.cycle is not cycle:
             self._disarm()
 
-    def on_response_complete(self) -> None:
-        """The next request on this connection gets its own deadline."""
-        super().on_response_complete()
-        if not self.transport.is_closing():
-            self._arm()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        """Stop the clock with the connection."""
-        self._disarm()
-        super().connection_lost(exc)
+def _httptools_protocol() -> type | None:
+    """:class:`HeaderTimeoutHttpTools`, or ``None`` when httptools is not installed."""
+    if importlib.util.find_spec("httptools") is None:
+        return None
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class HeaderTimeoutHttpTools(_HeaderTimeout, HttpToolsProtocol):
+        """uvicorn's httptools protocol with a deadline for each request's headers and a
+        bound on their size (llhttp has none)."""
+
+        def data_received(self, data: bytes) -> None:
+            """Feed the parser; 400 once a head still unfinished passes ``max_header_bytes``."""
+            waiting = self._header_timer is not None
+            if waiting:
+                self._head_bytes += len(data)
+            super().data_received(data)
+            still_waiting = waiting and self._header_timer is not None
+            if still_waiting and self._head_bytes > self.max_header_bytes:
+                if not self.transport.is_closing():
+                    self.send_400_response("Request head too large.")
+                self._disarm()
+
+        def on_headers_complete(self) -> None:
+            """Stop the clock: the request's headers are complete."""
+            self._disarm()
+            super().on_headers_complete()
+
+    return HeaderTimeoutHttpTools
 
 
-def uvicorn_config(app: Any, settings: Any, **overrides: Any) -> Any:
+def http_protocol(parser: str | None = None) -> tuple[type, str]:
+    """The protocol class and event loop for ``parser`` (``"httptools"``, ``"h11"``, or
+    ``None``: httptools with uvloop when installed, else h11 on asyncio)."""
+    if parser in (None, "httptools"):
+        protocol = _httptools_protocol()
+        if protocol is not None:
+            return protocol, "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+        if parser == "httptools":
+            raise RuntimeError("httptools is not installed: pip install httptools")
+    return HeaderTimeoutH11, "asyncio"
+
+
+def uvicorn_config(app: Any, settings: Any, parser: str | None = None, **overrides: Any) -> Any:
     """A ``uvicorn.Config`` for ``app`` with the ``serve.*`` limits.
 
     ``serve.limit_concurrency`` caps open connections and running requests (beyond it
     uvicorn answers 503), ``serve.header_timeout_s`` bounds how long a request's headers
     may take, ``serve.keep_alive_timeout_s`` closes idle connections,
     ``serve.max_header_bytes`` bounds a request head, and ``serve.graceful_shutdown_s``
-    bounds how long a shutdown waits for running requests.
+    bounds how long a shutdown waits for running requests. ``parser``: see
+    :func:`http_protocol`.
     """
     import uvicorn
 
     s = settings.get
-    protocol = type(
-        "ServeH11", (HeaderTimeoutH11,), {"header_timeout_s": float(s("serve.header_timeout_s"))}
-    )
+    base, loop = http_protocol(parser)
+    limits = {
+        "header_timeout_s": float(s("serve.header_timeout_s")),
+        "max_header_bytes": int(s("serve.max_header_bytes")),
+    }
     options: dict[str, Any] = {
         "host": s("serve.host"),
         "port": s("serve.port"),
-        "http": protocol,
+        "http": type("Serve" + base.__name__, (base,), limits),
+        "loop": loop,
         "limit_concurrency": s("serve.limit_concurrency") or None,
         "timeout_keep_alive": max(1, round(s("serve.keep_alive_timeout_s"))),
         "h11_max_incomplete_event_size": s("serve.max_header_bytes"),

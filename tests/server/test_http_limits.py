@@ -9,9 +9,10 @@ import time
 import pytest
 
 
-@pytest.fixture
-def serve(tmp_path):
-    """``serve(**settings)``: a tiny Litestar app under the server's uvicorn config; its url."""
+@pytest.fixture(params=["httptools", "h11"])
+def serve(tmp_path, request):
+    """``serve(**settings)``: a tiny Litestar app under the server's uvicorn config; its url.
+    Every test runs with both HTTP parsers (each protocol class has its own limits code)."""
     import uvicorn
     from litestar import Litestar, get
 
@@ -29,7 +30,8 @@ def serve(tmp_path):
         settings = load_settings(tmp_path)
         for key, value in {"serve.port": free_port(), **values}.items():
             settings.override(key, value)
-        server = uvicorn.Server(uvicorn_config(Litestar([health]), settings))
+        config = uvicorn_config(Litestar([health]), settings, parser=request.param)
+        server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         while not server.started:
@@ -120,3 +122,14 @@ def test_settings_reach_uvicorn(tmp_path) -> None:
     assert config.timeout_keep_alive == 3
     assert config.timeout_graceful_shutdown == 12
     assert config.http.header_timeout_s == 2.5
+
+
+def test_httptools_with_uvloop_is_the_default_parser(tmp_path) -> None:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from hub.config import load_settings
+    from server.http import uvicorn_config
+
+    config = uvicorn_config(object(), load_settings(tmp_path))
+    assert issubclass(config.http, HttpToolsProtocol)
+    assert (config.loop, config.http.max_header_bytes) == ("uvloop", 16384)
