@@ -14,7 +14,7 @@ from hub import hookimpl
 SETTINGS = {
     "max_loras": (4, int),  # adapters in one batch (vLLM's GPU/CPU LoRA slots)
     "max_lora_rank": (16, int),  # adapters of a higher rank are refused
-    "max_cpu_loras": (0, int),  # adapters resident in vLLM; 0: serve.max_resident
+    "max_cpu_loras": (0, int),  # adapters resident in vLLM; 0: twice serve.max_resident
     "gpu_memory_utilization": (0.3, float),  # share of device (or node) memory vLLM may take
     "kv_cache_gib": (1.0, float),  # CPU only: KV cache size (VLLM_CPU_KVCACHE_SPACE)
     "max_model_len": (0, int),  # positions per request; 0: the base's own maximum

@@ -49,10 +49,10 @@ def check_settings(v: dict[str, Any], max_resident: int) -> None:
         )
     if v["max_loras"] < 1:
         problems.append(f"vllm.max_loras {v['max_loras']} must be at least 1")
-    cpu = v["max_cpu_loras"] or max_resident
+    cpu = v["max_cpu_loras"] or 2 * max_resident
     if cpu < v["max_loras"]:
         problems.append(
-            f"vllm.max_cpu_loras {cpu} (0 means serve.max_resident) must be at least "
+            f"vllm.max_cpu_loras {cpu} (0 means twice serve.max_resident) must be at least "
             f"vllm.max_loras {v['max_loras']}"
         )
     if not 0 < v["gpu_memory_utilization"] <= 1:
@@ -82,7 +82,8 @@ def engine_args(path: Path, v: dict[str, Any], serve: dict[str, Any], cuda: bool
         enable_lora=True,
         max_loras=v["max_loras"],
         max_lora_rank=v["max_lora_rank"],
-        max_cpu_loras=v["max_cpu_loras"] or serve["max_resident"],
+        # room for old versions still finishing their requests after a hot-swap
+        max_cpu_loras=v["max_cpu_loras"] or 2 * serve["max_resident"],
         gpu_memory_utilization=v["gpu_memory_utilization"],
         kv_cache_memory_bytes=None if cuda else int(v["kv_cache_gib"] * GIB),
         max_model_len=v["max_model_len"] or None,

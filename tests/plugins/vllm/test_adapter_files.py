@@ -145,7 +145,7 @@ def test_bad_settings_are_one_line_naming_each_setting():
     assert "\n" not in message
     assert message.startswith("vllm.max_lora_rank 12 is not one of 1, 8, 16, 32, 64")
     assert (
-        "vllm.max_cpu_loras 2 (0 means serve.max_resident) must be at least vllm.max_loras 4"
+        "vllm.max_cpu_loras 2 (0 means twice serve.max_resident) must be at least vllm.max_loras 4"
         in message
     )
     assert "vllm.gpu_memory_utilization 1.5 must be in (0, 1]" in message
