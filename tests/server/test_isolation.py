@@ -1,7 +1,7 @@
 """One bad row never hurts another: the engine ends only the failing row, in process.
 
 Every test runs a batch of 16 requests in which one is poisoned and compares the 15 others
-with the same requests run alone (greedy, so the text must be identical).
+with the same requests each run alone (greedy, so the text must be identical).
 """
 
 from __future__ import annotations
@@ -116,51 +116,46 @@ def assert_untouched(baseline: list[Outcome], together: list[Outcome]) -> None:
         assert batched.released.is_set()
 
 
-def compare(env, poisoned, steps: int) -> Outcome:
-    """Run the batch with ``poisoned`` and with a healthy row in its place that leaves after
-    the same number of steps (so every forward pass has the same shape); the 15 others must
-    get exactly the same text and finish. Greedy ties in bf16 make "run alone" differ from
-    "run in any batch" now and then, so the healthy batch is the reference."""
-    _, tok, _, _ = env
-    baseline, _ = batch_with(env, lambda o: healthy(tok, o, steps))
+def run_alone(env) -> list[Outcome]:
+    """The 15 healthy requests of :func:`batch_with`, each run alone (one row per batch)."""
+    engine, tok, slots, _ = env
+    outcomes = [Outcome() for _ in range(15)]
+    for i, outcome in enumerate(outcomes):
+        run_together(engine, [request(tok, i, slots[i % len(slots)], outcome)], [outcome])
+    return outcomes
+
+
+@pytest.fixture(scope="module")
+def alone(env) -> list[Outcome]:
+    """The reference: every healthy request's text and end when it runs alone."""
+    return run_alone(env)
+
+
+def compare(env, alone, poisoned) -> Outcome:
+    """Run the batch with ``poisoned``; the 15 others must get exactly the text and end they
+    get when each runs alone (greedy; the engine computes in float32 on this CPU)."""
     together, bad = batch_with(env, poisoned)
-    assert_untouched(baseline, together)
+    assert_untouched(alone, together)
     assert bad.released.is_set()
     return bad
 
 
-def healthy(tok, outcome: Outcome, steps: int):
-    req = request(tok, 3, 0, outcome)
-    req.max_tokens = steps
-    return req
-
-
-def test_an_adapter_with_weights_scaled_by_1e30_fails_only_its_own_row(env) -> None:
+def test_an_adapter_with_weights_scaled_by_1e30_fails_only_its_own_row(env, alone) -> None:
     _, tok, _, poisoned = env
-    bad = compare(env, lambda o: request(tok, 3, poisoned, o, request_id="req-poisoned"), 1)
+    bad = compare(env, alone, lambda o: request(tok, 3, poisoned, o, request_id="req-poisoned"))
     assert bad.end[0] == "error"
     assert "non-finite logits" in bad.end[1]
     assert "req-poisoned" in bad.end[1]  # the error names the request id
 
 
-def test_a_request_whose_sampling_breaks_leaves_the_others_untouched(env) -> None:
+def test_a_request_whose_sampling_breaks_leaves_the_others_untouched(env, alone) -> None:
     """``temperature`` 1e-40 made torch.multinomial raise and failed all 16 rows."""
     _, tok, _, _ = env
-    made = []
-
-    def bad_sampling(o: Outcome):
-        made.append(request(tok, 3, 0, o, temperature=1e-40, seed=1))
-        return made[-1]
-
-    _, probe = batch_with(env, bad_sampling)  # how many steps the row lasts (greedy or error)
-    steps = len(made[0].generated) + (probe.end[0] == "error")
-    compare(env, bad_sampling, steps)
+    compare(env, alone, lambda o: request(tok, 3, 0, o, temperature=1e-40, seed=1))
 
 
-def test_a_row_whose_streaming_raises_ends_alone(env) -> None:
+def test_a_row_whose_streaming_raises_ends_alone(env, alone) -> None:
     _, tok, _, _ = env
-
-    made = []
 
     def broken(outcome: Outcome):
         def on_event(event: tuple) -> None:
@@ -168,34 +163,20 @@ def test_a_row_whose_streaming_raises_ends_alone(env) -> None:
             if event[0] == "delta":
                 raise RuntimeError("receiver is gone")
 
-        made.append(request(tok, 3, 0, outcome, on_event=on_event))
-        return made[-1]
+        return request(tok, 3, 0, outcome, on_event=on_event)
 
-    batch_with(env, broken)  # the row fails at its first text: how many steps is that
-    bad = compare(env, broken, len(made[0].generated))
+    bad = compare(env, alone, broken)
     assert bad.end[0] == "error"
     assert "decoding failed: RuntimeError: receiver is gone" in bad.end[1]
 
 
-def test_a_row_that_breaks_the_prefill_fails_alone(env) -> None:
-    """A token id past the vocabulary makes the joint prefill raise: only its row fails.
-
-    The others are then prefilled one by one, so their first token is their solo one and
-    they run to their full length."""
-    engine, tok, slots, _ = env
-    alone = []
-    for i in range(15):
-        outcome = Outcome()
-        run_together(engine, [request(tok, i, slots[i % len(slots)], outcome)], [outcome])
-        alone.append(outcome)
-    together, bad = batch_with(env, lambda o: request(tok, 0, 0, o, prompt_ids=[10**7]))
-    for i, (solo, batched) in enumerate(zip(alone, together, strict=True)):
-        assert batched.end == solo.end, i  # done, same reason, same token counts
-        assert batched.deltas[:1] == solo.deltas[:1], i
-        assert batched.released.is_set()
+def test_a_row_that_breaks_the_prefill_fails_alone(env, alone) -> None:
+    """A token id past the vocabulary makes the joint prefill raise: only its row fails;
+    the others are prefilled one by one and get their solo text."""
+    _, tok, _, _ = env
+    bad = compare(env, alone, lambda o: request(tok, 0, 0, o, prompt_ids=[10**7]))
     assert bad.end[0] == "error"
     assert "generation failed (prefill)" in bad.end[1]
-    assert bad.released.is_set()
 
 
 def test_a_seed_outside_0_to_2_63_is_refused_at_submit(env) -> None:
