@@ -16,8 +16,8 @@ from tests.server.conftest import start_small_server
 
 
 @pytest.fixture(scope="module")
-def live(small_home, embedded_base):
-    server = start_small_server(small_home, embedded_base, max_resident=2)
+def live(small_home, embedded_base, engine_name):
+    server = start_small_server(small_home, embedded_base, max_resident=2, engine=engine_name)
     server.state.cache.wait_s = 3.0  # a leaked pin shows as a quick 503, not a minute's wait
     yield server
     server.stop()

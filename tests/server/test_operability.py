@@ -14,8 +14,10 @@ from tests.server.conftest import start_small_server
 
 
 @pytest.fixture(scope="module")
-def live(small_home, embedded_base):
-    server = start_small_server(small_home, embedded_base, metrics_max_label_values=1)
+def live(small_home, embedded_base, engine_name):
+    server = start_small_server(
+        small_home, embedded_base, metrics_max_label_values=1, engine=engine_name
+    )
     yield server
     server.stop()
 
