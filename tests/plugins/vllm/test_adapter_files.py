@@ -173,3 +173,26 @@ def test_serving_without_vllm_installed_says_how_to_install_it(embedded_base: Pa
     hub = Hub()
     with pytest.raises(ConfigError, match=r"pip install 'qlora-hub\[vllm\]'"):
         open_engine(hub, load_settings(tmp_path, hub=hub), embedded_base, "vllm")
+
+
+@pytest.mark.parametrize(
+    ("error", "hint"),
+    [
+        (
+            ValueError("No available memory for the cache blocks.\nTry increasing it"),
+            "lower vllm.kv_cache_gib, vllm.gpu_memory_utilization or vllm.max_model_len",
+        ),
+        (
+            ValueError("Model architectures ['FooForCausalLM'] are not supported for now."),
+            "vLLM cannot run this base: serve it with --engine hf",
+        ),
+        (RuntimeError("engine core died"), "check the [vllm] settings, or serve with --engine hf"),
+    ],
+)
+def test_start_up_failures_are_one_line_naming_what_to_change(error, hint):
+    from plugins.vllm.loading import startup_error
+
+    message = str(startup_error(error))
+    assert "\n" not in message
+    assert message.startswith(f"vLLM could not start: {type(error).__name__}: ")
+    assert message.endswith("; " + hint)
