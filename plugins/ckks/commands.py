@@ -15,13 +15,14 @@ import click
 
 from hub.cli import CliState, pass_state
 from hub.errors import ValidationError
+from hub.fed.rounddir import RoundDirParam, staged_round_dir
 
 ROUND = click.option("--round", "round_id", required=True, help="Round id (e.g. 2026-11-r1).")
 ROUND_DIR = click.option(
     "--round-dir",
-    type=click.Path(path_type=Path),
+    type=RoundDirParam(),
     default=None,
-    help="Shared round directory [default <fed.rounds_dir>/<round>].",
+    help="Shared round directory or URL (s3://...) [default <fed.rounds_dir>/<round>].",
 )
 
 
@@ -100,6 +101,7 @@ def adapter_digest(payload: Any) -> str:
 @click.option("--scale-bits", type=int, default=None, help="log2 scale [fed.global_scale_bits].")
 @ROUND_DIR
 @pass_state
+@staged_round_dir("init")
 def fed_init(
     state: CliState,
     round_id: str,
@@ -194,6 +196,7 @@ def load_adapter(state: CliState, spec: str, team: str) -> Any:
 )
 @ROUND_DIR
 @pass_state
+@staged_round_dir("contribute")
 def fed_contribute(
     state: CliState,
     round_id: str,
@@ -252,6 +255,7 @@ def round_dir_for(state: CliState, round_id: str, explicit: Path | None) -> Path
 @click.option("--key-holder", default=None, help="Refuse the round unless this team signed it.")
 @ROUND_DIR
 @pass_state
+@staged_round_dir("aggregate")
 def fed_aggregate(
     state: CliState, round_id: str, key_holder: str | None, round_dir: Path | None
 ) -> None:
@@ -288,6 +292,7 @@ def fed_aggregate(
 )
 @ROUND_DIR
 @pass_state
+@staged_round_dir("finalize")
 def fed_finalize(
     state: CliState,
     round_id: str,
