@@ -110,7 +110,7 @@ class Vault:
         self._trust = TrustCache(self.home)  # parsed public keys of other teams
         self.records = NameRecords(self.blobs, self._public_of, self.home / "pins")
         self._manifests: dict[tuple[str, str], dict[str, Any]] = {}  # (SHA-256, signer) -> parsed
-        self._data_keys: dict[tuple[str, str, int, bytes], bytes] = {}
+        self._data_keys: dict[tuple[str, str, int], bytes] = {}
 
     def __repr__(self) -> str:
         return f"Vault(root={str(self.root)!r}, team={self.team!r})"
@@ -184,13 +184,16 @@ class Vault:
     def _manifest(self, state: NameState, version: int) -> dict[str, Any]:
         """The manifest of ``version``, checked against the owner's signed publish record."""
         grant = state.versions[version]
-        key = self._key(grant.object_id, "manifest")
-        mblob = get_bounded(self.blobs, key, MAX_MANIFEST_BYTES)
-        sha = hashlib.sha256(mblob).hexdigest()
-        # These exact bytes verified before under the owner's key; the binding to this
-        # name, version and owner is still checked below (another name may point here).
+        # Bytes with the SHA-256 the owner's record signs verified before under the owner's
+        # key: kept by that hash, they need no second read (a warm pull saves a round trip
+        # to object storage). The binding to this name, version and owner is still checked
+        # below (another name may point here).
+        sha = grant.manifest_sha256
         manifest = self._manifests.get((sha, state.owner_fingerprint))
         if manifest is None:
+            key = self._key(grant.object_id, "manifest")
+            mblob = get_bounded(self.blobs, key, MAX_MANIFEST_BYTES)
+            sha = hashlib.sha256(mblob).hexdigest()
             manifest, sig = objects.read_manifest(mblob)
             objects.verify_manifest(self._public_of(state.owner), manifest, sig)
             objects.check_shape(manifest)
@@ -209,13 +212,15 @@ class Vault:
         return manifest
 
     def _data_key(self, state: NameState, version: int, team: str) -> bytes:
-        """The data key of ``version`` unwrapped by ``team`` (kept per wrapped-key blob, so
-        a server's repeated pulls skip the KEM; a changed blob is unwrapped afresh)."""
+        """The data key of ``version`` unwrapped by ``team``, kept per (team, object,
+        version): an object's key never changes (revoking re-encrypts into a new object)
+        and who may read is decided by the signed records before this is asked, so a
+        server's repeated pulls skip both the KEM and the read of the wrapped key."""
         oid = state.versions[version].object_id
-        blob = get_bounded(self.blobs, self._key(oid, f"keys/{team}"), MAX_KEY_BYTES)
-        cache_key = (team, oid, version, hashlib.sha256(blob).digest())
+        cache_key = (team, oid, version)
         key = self._data_keys.get(cache_key)
         if key is None:
+            blob = get_bounded(self.blobs, self._key(oid, f"keys/{team}"), MAX_KEY_BYTES)
             key = objects.unwrap_key(self.identity(team), blob, bytes.fromhex(oid), version)
             if len(self._data_keys) >= 1024:
                 self._data_keys.clear()
@@ -225,14 +230,37 @@ class Vault:
     def _opened(self, ref: AdapterRef, team: str) -> tuple[NameState, int, dict[str, Any], bytes]:
         """What a read of ``ref`` by ``team`` needs before decrypting: signed state, the
         version, its verified manifest and the data key unwrapped for ``team``."""
+        return self._opening(ref, team, stream=False)[:4]
+
+    def _opening(
+        self, ref: AdapterRef, team: str, stream: bool = True
+    ) -> tuple[NameState, int, dict[str, Any], bytes, Any]:
+        """:meth:`_opened` and, from object storage, the payload already downloading
+        (None: it is read when decrypting)."""
         state, version = self._resolve(ref, team)
-        manifest = self._manifest(state, version)
-        return state, version, manifest, self._data_key(state, version, team)
+        blob = None
+        if stream and hasattr(self.blobs, "view") and not hasattr(self.blobs, "reader"):
+            # It downloads while the manifest and key are read and checked; none of its
+            # bytes is used before both verified.
+            blob = self.blobs.view(self._key(state.versions[version].object_id, "payload"))
+        try:
+            manifest = self._manifest(state, version)
+            return state, version, manifest, self._data_key(state, version, team), blob
+        except BaseException:
+            getattr(blob, "close", lambda: None)()
+            raise
 
     def _decrypt(
-        self, state: NameState, version: int, manifest: dict[str, Any], key: bytes
+        self,
+        state: NameState,
+        version: int,
+        manifest: dict[str, Any],
+        key: bytes,
+        blob: Any = None,
     ) -> dict[str, bytes]:
         oid = state.versions[version].object_id
+        if blob is not None:  # already downloading (object storage)
+            return decrypt_files(blob, key, bytes.fromhex(oid), version, manifest["files"])
         key_ = self._key(oid, "payload")
         # A store that can read a blob piece by piece (file://) saves a copy of the whole
         # payload: each chunk is read into one small reused buffer, then decrypted.
@@ -266,7 +294,7 @@ class Vault:
         """Verify the owner's records, signature, trust and every hash; decrypt in memory."""
         team = self._acting(team)
         try:
-            state, version, manifest, key = self._opened(ref, team)
+            state, version, manifest, key, blob = self._opening(ref, team)
         except IntegrityError as exc:  # altered records, manifest or key: leave a trace
             self.audit.record("pull-refused", team, str(ref), "", error=str(exc), where=where)
             raise
@@ -276,7 +304,7 @@ class Vault:
         digest = state.versions[version].manifest_sha256
         entry = self.audit.record_in_background("pull", team, str(resolved), digest, where=where)
         try:
-            files = self._decrypt(state, version, manifest, key)
+            files = self._decrypt(state, version, manifest, key, blob)
         except BaseException as exc:
             entry.result()
             if isinstance(exc, HubError):  # a tampered payload leaves a trace too
@@ -288,8 +316,8 @@ class Vault:
     def verify(self, ref: AdapterRef, *, team: str | None = None) -> dict[str, Any]:
         """Run every check a pull runs, without keeping the plaintext; returns a summary."""
         team = self._acting(team)
-        state, version, manifest, key = self._opened(ref, team)
-        files = self._decrypt(state, version, manifest, key)
+        state, version, manifest, key, blob = self._opening(ref, team)
+        files = self._decrypt(state, version, manifest, key, blob)
         return {
             "ref": f"{state.name}@{version}",
             "publisher": state.owner,
