@@ -126,12 +126,15 @@ def run_bench(
     progress: bool = True,
     burst_requests: int = 1000,
     flood_requests: int = 20,
+    engines: tuple[str, ...] = ("hf",),
 ) -> dict[str, Any]:
     """Run every scenario; returns the JSON-able result (ratios against baselines from this run).
 
     ``burst_requests`` simultaneous requests measure the 429 answers' latency;
     ``flood_requests`` completions measure latency while anonymous 1 MB posts arrive
-    (:mod:`server.bench_admission`).
+    (:mod:`server.bench_admission`). ``engines``: the first one gives the top-level
+    figures; with more than one, ``engines`` in the result holds each engine's mixed8,
+    single1 and engine-only runs, measured one engine after the other in this run.
     """
     import logging
 
@@ -164,39 +167,28 @@ def run_bench(
         admin = KeyStore(home).create("ops", admin=True)[1]
         bar.advance(task)
 
-        loaded = load_served_base(hub, base)
-        state = build_state(hub, settings, loaded, store, identity="server")
-        server, url = _start(create_app(state, hub))
-        try:
-            cold = _cold_loads(url, admin)
-            bar.advance(task)
-            asyncio.run(_drive(url, key, ADAPTERS, clients, clients, max_tokens))  # warm-up
-            # alternate the two scenarios and keep each one's median run: other processes on
-            # the machine then weigh on both alike
-            mixed_runs, single_runs = [], []
-            for _ in range(repeats):
-                mixed_runs.append(
-                    asyncio.run(_drive(url, key, ADAPTERS, n_requests, clients, max_tokens))
-                )
-                single_runs.append(
-                    asyncio.run(_drive(url, key, ADAPTERS[:1], n_requests, clients, max_tokens))
-                )
-            mixed, single = _median_run(mixed_runs), _median_run(single_runs)
-            engine_runs: dict[str, list[dict[str, Any]]] = {"mixed8": [], "single1": []}
-            for _ in range(repeats):
-                engine_runs["mixed8"].append(_engine_only(state, ADAPTERS, clients, max_tokens))
-                engine_runs["single1"].append(
-                    _engine_only(state, ADAPTERS[:1], clients, max_tokens)
-                )
-            engine_only = {label: _median_run(runs) for label, runs in engine_runs.items()}
-            eos, state.engine.eos_ids = state.engine.eos_ids, set()
-            burst_run = burst(url, key, ADAPTERS[0], burst_requests)  # admitted ones: 4 tokens
-            state.engine.eos_ids = eos
-            flood_run = flood(url, key, ADAPTERS[0], flood_requests)
-            bar.advance(task, 2)
-        finally:
-            _stop(server)
-            state.engine.stop()
+        per_engine = {}
+        for number, engine in enumerate(engines):
+            settings.override("serve.engine", engine)
+            source = load_served_base(hub, base) if engine == "hf" else base
+            state = build_state(hub, settings, source, store, identity="server")
+            server, url = _start(create_app(state, hub))
+            try:
+                run = _scenarios(state, url, key, admin, n_requests, clients, max_tokens, repeats)
+                if number == 0:
+                    eos, state.engine.eos_ids = state.engine.eos_ids, set()
+                    burst_run = burst(url, key, ADAPTERS[0], burst_requests)  # admitted: 4 tokens
+                    state.engine.eos_ids = eos
+                    flood_run = flood(url, key, ADAPTERS[0], flood_requests)
+            finally:
+                _stop(server)
+                state.engine.stop()
+            per_engine[engine] = {"info": state.engine.info, **run}
+            bar.advance(task, 3 if number == 0 else 0)
+        first = per_engine[engines[0]]
+        mixed, single, engine_only = first["mixed8"], first["single1"], first["engine_only"]
+        cold = first["cold_load_ms"]
+        settings.override("serve.engine", "hf")
 
         naive_base = load_served_base(hub, base)
         naive = NaiveEngine(hub, naive_base.model, naive_base.tokenizer)
@@ -235,12 +227,46 @@ def run_bench(
         "ratio_mixed8_vs_single1": round(mixed["tokens_per_s"] / single["tokens_per_s"], 2),
         "burst": burst_run,
         "anonymous_flood": flood_run,
+        **({"engines": per_engine} if len(engines) > 1 else {}),
         "targets": {
             "mixed8_vs_naive8": 3.0,
             "mixed8_vs_single1": 0.8,
             "burst_429_p99_ms": 100,
             "flood_p50_vs_quiet": 1.5,
         },
+    }
+
+
+def _scenarios(
+    state: Any,
+    url: str,
+    key: str,
+    admin: str,
+    n_requests: int,
+    clients: int,
+    max_tokens: int,
+    repeats: int,
+) -> dict[str, Any]:
+    """One engine's cold loads, mixed8 and single1 over HTTP and without HTTP (medians)."""
+    cold = _cold_loads(url, admin)
+    asyncio.run(_drive(url, key, ADAPTERS, clients, clients, max_tokens))  # warm-up
+    # alternate the two scenarios and keep each one's median run: other processes on
+    # the machine then weigh on both alike
+    mixed_runs, single_runs = [], []
+    for _ in range(repeats):
+        mixed_runs.append(asyncio.run(_drive(url, key, ADAPTERS, n_requests, clients, max_tokens)))
+        single_runs.append(
+            asyncio.run(_drive(url, key, ADAPTERS[:1], n_requests, clients, max_tokens))
+        )
+    engine_runs: dict[str, list[dict[str, Any]]] = {"mixed8": [], "single1": []}
+    for _ in range(repeats):
+        engine_runs["mixed8"].append(_engine_only(state, ADAPTERS, clients, max_tokens))
+        engine_runs["single1"].append(_engine_only(state, ADAPTERS[:1], clients, max_tokens))
+    return {
+        "cold_load_ms": cold,
+        "mixed8": _median_run(mixed_runs),
+        "single1": _median_run(single_runs),
+        "engine_only": {label: _median_run(runs) for label, runs in engine_runs.items()},
     }
 
 
@@ -355,8 +381,10 @@ def render(result: dict[str, Any]) -> None:
     )
     for col in ("scenario", "tokens/s", "p50 ms", "p99 ms", "TTFT p50 ms", "failures"):
         table.add_column(col)
-    for name in ("mixed8", "single1", "naive8"):
-        r = result[name]
+    rows = [(name, result[name]) for name in ("mixed8", "single1", "naive8")]
+    for engine, run in result.get("engines", {}).items():
+        rows += [(f"{engine} {name}", run[name]) for name in ("mixed8", "single1")]
+    for name, r in rows:
         table.add_row(
             name,
             str(r["tokens_per_s"]),

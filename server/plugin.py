@@ -115,6 +115,12 @@ def api_key_create(state: CliState, team: str, admin: bool) -> None:
 @click.option(
     "--flood-requests", type=int, default=20, help="Completions timed quiet and under the flood."
 )
+@click.option(
+    "--engines",
+    default="hf",
+    show_default=True,
+    help="Comma-separated engines to run mixed8/single1 on, one after the other (hf,vllm).",
+)
 @pass_state
 def bench_serve(
     state: CliState,
@@ -126,10 +132,14 @@ def bench_serve(
     repeats: int,
     burst: int,
     flood_requests: int,
+    engines: str,
 ) -> None:
     """Mixed-adapter batching vs a naive set_adapter server, 8 adapters vs 1, latency, cold load."""
     from server.bench import run_bench
 
+    names = tuple(dict.fromkeys(e.strip() for e in engines.split(",") if e.strip())) or ("hf",)
+    for name in names:
+        state.hub.engines[name]  # an unknown engine fails in one line before any work
     result = run_bench(
         state.hub,
         base=base,
@@ -140,6 +150,7 @@ def bench_serve(
         progress=not as_json,
         burst_requests=burst,
         flood_requests=flood_requests,
+        engines=names,
     )
     if as_json:
         click.echo(json.dumps(result, indent=2))
