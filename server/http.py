@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import sys
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -121,6 +122,18 @@ def http_protocol(parser: str | None = None) -> tuple[type, str]:
     return HeaderTimeoutH11, "asyncio"
 
 
+SWITCH_INTERVAL_S = 0.0005
+"""The serving process's GIL switch interval (Python's default is 5 ms). The event loop
+thread gives up the interpreter lock at every socket call; while the engine's thread or
+a tokenizing worker is runnable, getting it back takes up to one interval, so with 5 ms
+a burst of 1,000 rejections waited seconds for the lock (docs/benchmarks.md)."""
+
+
+def tune_interpreter() -> None:
+    """Set :data:`SWITCH_INTERVAL_S` for this process (``serve`` and ``bench serve`` do)."""
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+
+
 def uvicorn_config(app: Any, settings: Any, parser: str | None = None, **overrides: Any) -> Any:
     """A ``uvicorn.Config`` for ``app`` with the ``serve.*`` limits.
 
@@ -129,10 +142,12 @@ def uvicorn_config(app: Any, settings: Any, parser: str | None = None, **overrid
     may take, ``serve.keep_alive_timeout_s`` closes idle connections,
     ``serve.max_header_bytes`` bounds a request head, and ``serve.graceful_shutdown_s``
     bounds how long a shutdown waits for running requests. ``parser``: see
-    :func:`http_protocol`.
+    :func:`http_protocol`. Also sets this process's GIL switch interval
+    (:func:`tune_interpreter`).
     """
     import uvicorn
 
+    tune_interpreter()
     s = settings.get
     base, loop = http_protocol(parser)
     limits = {

@@ -133,3 +133,18 @@ def test_httptools_with_uvloop_is_the_default_parser(tmp_path) -> None:
     config = uvicorn_config(object(), load_settings(tmp_path))
     assert issubclass(config.http, HttpToolsProtocol)
     assert (config.loop, config.http.max_header_bytes) == ("uvloop", 16384)
+
+
+def test_the_serving_process_hands_the_interpreter_lock_over_every_half_millisecond(tmp_path):
+    import sys
+
+    from hub.config import load_settings
+    from server.http import uvicorn_config
+
+    saved = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        uvicorn_config(object(), load_settings(tmp_path))
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+    finally:
+        sys.setswitchinterval(saved)
