@@ -9,6 +9,16 @@ import time
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _switch_interval():
+    """uvicorn_config sets the process's GIL switch interval: give the next tests theirs back."""
+    import sys
+
+    saved = sys.getswitchinterval()
+    yield
+    sys.setswitchinterval(saved)
+
+
 @pytest.fixture(params=["httptools", "h11"])
 def serve(tmp_path, request):
     """``serve(**settings)``: a tiny Litestar app under the server's uvicorn config; its url.
@@ -141,10 +151,6 @@ def test_the_serving_process_hands_the_interpreter_lock_over_every_half_millisec
     from hub.config import load_settings
     from server.http import uvicorn_config
 
-    saved = sys.getswitchinterval()
-    try:
-        sys.setswitchinterval(0.005)
-        uvicorn_config(object(), load_settings(tmp_path))
-        assert sys.getswitchinterval() == pytest.approx(0.0005)
-    finally:
-        sys.setswitchinterval(saved)
+    sys.setswitchinterval(0.005)
+    uvicorn_config(object(), load_settings(tmp_path))
+    assert sys.getswitchinterval() == pytest.approx(0.0005)
