@@ -335,6 +335,9 @@ def _start(app: Any) -> tuple[Any, str]:
 
     import uvicorn
 
+    from server.http import tune_interpreter
+
+    tune_interpreter()  # the GIL switch interval `serve` runs with
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
