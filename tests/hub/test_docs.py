@@ -17,7 +17,7 @@ HOOKS = [
 
 
 def test_the_hook_list_is_not_empty():
-    assert len(HOOKS) == 14
+    assert len(HOOKS) == 15
 
 
 @pytest.mark.parametrize("name,fn", HOOKS, ids=[n for n, _ in HOOKS])
