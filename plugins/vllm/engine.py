@@ -16,6 +16,7 @@ them. Every version gets a new LoRA id, so a hot-swap never mixes two versions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import re
@@ -149,11 +150,24 @@ class VLLMEngine:
         except Exception:  # shutting down anyway
             log.warning("vllm: requests did not end cleanly at shutdown", exc_info=True)
         self._watcher.cancel()
+        try:  # before the engine core goes: else its output handler may see it die and log a traceback
+            self._call(self._stop_output_handler(), timeout=30)
+        except Exception:
+            log.warning("vllm: the output handler did not stop cleanly", exc_info=True)
         try:
             self.llm.shutdown()
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=30)
+
+    async def _stop_output_handler(self) -> None:
+        """Cancel AsyncLLM's output handler task (its public ``output_handler``) and wait for it."""
+        task = getattr(self.llm, "output_handler", None)
+        if task is None or task.done():
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
     # ---- adapters ------------------------------------------------------------------------------
 
