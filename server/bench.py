@@ -172,7 +172,7 @@ def run_bench(
             settings.override("serve.engine", engine)
             source = load_served_base(hub, base) if engine == "hf" else base
             state = build_state(hub, settings, source, store, identity="server")
-            server, url = _start(create_app(state, hub))
+            server, url = _start(create_app(state, hub), settings)
             try:
                 run = _scenarios(state, url, key, admin, n_requests, clients, max_tokens, repeats)
                 if number == 0:
@@ -197,7 +197,7 @@ def run_bench(
         )
         naive.attach_from(naive_state.cache, ADAPTERS)
         naive_state.engine = naive
-        server, url = _start(create_app(naive_state, hub))
+        server, url = _start(create_app(naive_state, hub), settings)
         try:
             naive_run = asyncio.run(_drive(url, key, ADAPTERS, n_requests, clients, max_tokens))
         finally:
@@ -329,7 +329,7 @@ def _cold_loads(url: str, admin: str) -> dict[str, float]:
     return {"p50": round(statistics.median(times), 2), "max": round(max(times), 2), "n": len(times)}
 
 
-def _start(app: Any) -> tuple[Any, str]:
+def _start(app: Any, settings: Any) -> tuple[Any, str]:
     import socket
     import threading
 
@@ -337,7 +337,7 @@ def _start(app: Any) -> tuple[Any, str]:
 
     from server.http import tune_interpreter
 
-    tune_interpreter()  # the GIL switch interval `serve` runs with
+    tune_interpreter(settings)  # the GIL switch interval `serve` runs with
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

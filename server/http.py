@@ -122,16 +122,16 @@ def http_protocol(parser: str | None = None) -> tuple[type, str]:
     return HeaderTimeoutH11, "asyncio"
 
 
-SWITCH_INTERVAL_S = 0.0005
-"""The serving process's GIL switch interval (Python's default is 5 ms). The event loop
-thread gives up the interpreter lock at every socket call; while the engine's thread or
-a tokenizing worker is runnable, getting it back takes up to one interval, so with 5 ms
-a burst of 1,000 rejections waited seconds for the lock (docs/benchmarks.md)."""
+def tune_interpreter(settings: Any) -> None:
+    """Set this process's GIL switch interval to ``serve.switch_interval_ms``.
 
-
-def tune_interpreter() -> None:
-    """Set :data:`SWITCH_INTERVAL_S` for this process (``serve`` and ``bench serve`` do)."""
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    The event loop thread gives up the interpreter lock at every socket call; while the
+    engine's thread or a tokenizing worker is runnable, getting it back takes up to one
+    interval. Python's default (5 ms) keeps the most throughput on an idle machine; 0.5
+    ms made a burst's 429s come back sooner on a loaded machine but cost about a fifth
+    of the serving throughput on an idle one (docs/benchmarks.md).
+    """
+    sys.setswitchinterval(settings.get("serve.switch_interval_ms") / 1000)
 
 
 def uvicorn_config(app: Any, settings: Any, parser: str | None = None, **overrides: Any) -> Any:
@@ -143,11 +143,11 @@ def uvicorn_config(app: Any, settings: Any, parser: str | None = None, **overrid
     ``serve.max_header_bytes`` bounds a request head, and ``serve.graceful_shutdown_s``
     bounds how long a shutdown waits for running requests. ``parser``: see
     :func:`http_protocol`. Also sets this process's GIL switch interval
-    (:func:`tune_interpreter`).
+    (:func:`tune_interpreter`, ``serve.switch_interval_ms``).
     """
     import uvicorn
 
-    tune_interpreter()
+    tune_interpreter(settings)
     s = settings.get
     base, loop = http_protocol(parser)
     limits = {

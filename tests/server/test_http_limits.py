@@ -145,12 +145,18 @@ def test_httptools_with_uvloop_is_the_default_parser(tmp_path) -> None:
     assert (config.loop, config.http.max_header_bytes) == ("uvloop", 16384)
 
 
-def test_the_serving_process_hands_the_interpreter_lock_over_every_half_millisecond(tmp_path):
+def test_the_serving_process_takes_its_switch_interval_from_the_setting(tmp_path):
     import sys
 
     from hub.config import load_settings
     from server.http import uvicorn_config
 
-    sys.setswitchinterval(0.005)
-    uvicorn_config(object(), load_settings(tmp_path))
-    assert sys.getswitchinterval() == pytest.approx(0.0005)
+    settings = load_settings(tmp_path)
+    try:
+        uvicorn_config(object(), settings)
+        assert sys.getswitchinterval() == pytest.approx(0.005)  # Python's default
+        settings.override("serve.switch_interval_ms", 0.5)
+        uvicorn_config(object(), settings)
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+    finally:
+        sys.setswitchinterval(0.005)
