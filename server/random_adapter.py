@@ -27,7 +27,6 @@ def random_lora_payload(
     """
     import torch
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
-    from safetensors.torch import save
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
@@ -39,14 +38,7 @@ def random_lora_payload(
             if "lora_B" in pname:
                 param.normal_(0.0, std)
     state = {k: v.contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
-    cfg = peft_model.peft_config["default"].to_dict()
-    cfg = {k: (sorted(v) if isinstance(v, set) else v) for k, v in cfg.items()}
-    cfg["base_model_name_or_path"] = None
-    files = {
-        AdapterPayload.CONFIG: json.dumps(cfg, indent=2, default=str).encode(),
-        AdapterPayload.WEIGHTS: save(state),
-    }
-    return AdapterPayload(name=name, files=files)
+    return _payload(name, peft_model.peft_config["default"].to_dict(), state)
 
 
 def random_lora_for_shapes(
@@ -66,7 +58,6 @@ def random_lora_for_shapes(
     """
     import torch
     from peft import LoraConfig
-    from safetensors.torch import save
 
     gen = torch.Generator().manual_seed(seed)
     state = {}
@@ -77,7 +68,13 @@ def random_lora_for_shapes(
         state[f"{key}.lora_A.weight"] = torch.randn(r, fan_in, generator=gen) / fan_in**0.5
         state[f"{key}.lora_B.weight"] = torch.randn(fan_out, r, generator=gen) * std
     config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, lora_dropout=0.0)
-    cfg = config.to_dict()
+    return _payload(name, config.to_dict(), state)
+
+
+def _payload(name: str, cfg: dict, state: dict) -> AdapterPayload:
+    """``adapter_config.json`` (sets as sorted lists, no base path) and the safetensors."""
+    from safetensors.torch import save
+
     cfg = {k: (sorted(v) if isinstance(v, set) else v) for k, v in cfg.items()}
     cfg["base_model_name_or_path"] = None
     files = {
