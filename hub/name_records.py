@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from hub.blobs import BlobStore, get_bounded, put_new
@@ -75,11 +75,45 @@ class NameRecords:
         """The verified state of ``name`` (None: no team ever published it)."""
         keys = self._keys(name)
         pinned = self._pin(name)
+        stream = self._stream(keys, pinned[0] if pinned else -1)
+        try:
+            state = self._verify(name, keys, pinned, stream)
+        finally:
+            if stream is not None:
+                stream.close()
+        if state is None:
+            return None
+        if collision_key(state.name) != collision_key(name):  # records copied from another name
+            raise IntegrityError(
+                f"signed records stored under adapter {name!r} are those of {state.name!r}: "
+                "the storage was altered outside qlora-hub"
+            )
+        if pinned is None or state.seq > pinned[0]:
+            self._write_pin(name, state)
+        return state
+
+    def _stream(self, keys: list[str], pinned: int) -> Iterator[bytes] | None:
+        """The records' bytes from a store that reads several at once (object storage:
+        ``get_many``), the pinned record first, then the others in order; None otherwise."""
+        many = getattr(self.blobs, "get_many", None)
+        if many is None or len(keys) < 2:
+            return None
+        first = [keys[pinned]] if 0 <= pinned < len(keys) else []
+        return many([*first, *(k for i, k in enumerate(keys) if i != pinned)], MAX_RECORD_BYTES)
+
+    def _verify(
+        self,
+        name: str,
+        keys: list[str],
+        pinned: tuple[int, str] | None,
+        stream: Iterator[bytes] | None,
+    ) -> NameState | None:
+        """Check the pin, then replay the records (read from ``stream`` when given)."""
         checked: dict[int, bytes] = {}
         if pinned is not None:
             seq, head = pinned
             if len(keys) > seq:
-                checked[seq] = self._read(keys[seq])
+                checked[seq] = next(stream) if stream else self._read(keys[seq])
             if seq not in checked or digest(checked[seq]) != head:
                 raise IntegrityError(
                     f"signed records of adapter {name!r} were rolled back or replaced (this home "
@@ -90,18 +124,14 @@ class NameRecords:
             return None
         # The pinned prefix was verified by this home and its last record's bytes are
         # unchanged (checked above), so a fresh process re-checks only links there.
-        # Records are read one at a time as replay goes: planted ones stop it at the first.
-        # The pinned record is the one read above, never a second read a writer could swap.
-        blobs = (checked.get(i) or self._read(k) for i, k in enumerate(keys))
-        state = replay(blobs, self.public_of, self._verified, pinned[0] if pinned else -1)
-        if collision_key(state.name) != collision_key(name):  # records copied from another name
-            raise IntegrityError(
-                f"signed records stored under adapter {name!r} are those of {state.name!r}: "
-                "the storage was altered outside qlora-hub"
-            )
-        if pinned is None or state.seq > pinned[0]:
-            self._write_pin(name, state)
-        return state
+        # Records are checked one at a time as replay goes: planted ones stop it at the
+        # first (a store that reads ahead has at most a few more in flight). The pinned
+        # record is the one read above, never a second read a writer could swap.
+        blobs = (
+            checked[i] if i in checked else next(stream) if stream else self._read(k)
+            for i, k in enumerate(keys)
+        )
+        return replay(blobs, self.public_of, self._verified, pinned[0] if pinned else -1)
 
     def claim(self, name: str, identity: Identity) -> NameState:
         """Record 0: ``identity``'s team owns ``name`` (caller holds the write lock)."""

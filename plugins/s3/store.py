@@ -11,15 +11,23 @@ failure is one line naming the setting to check.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import mmap
+import os
 import re
 import threading
 import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlparse
 
-from hub.blobs import check_key
+from hub.blobs import check_key, get_bounded
 from hub.errors import ConfigError, IntegrityError
 
+_POOL_LOCK = threading.Lock()
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", re.ASCII)
 _CREDENTIAL_CODES = {
     "InvalidAccessKeyId",
@@ -60,6 +68,8 @@ class S3BlobStore:
 
     page_size = 1000
     """Keys per ListObjectsV2 page (S3's own maximum)."""
+    parallel_reads = 8
+    """GetObject requests :meth:`get_many` keeps in flight (boto3 clients are thread-safe)."""
 
     def __init__(self, url: str, settings: Any) -> None:
         import boto3
@@ -67,6 +77,7 @@ class S3BlobStore:
 
         self.url = url
         self.bucket, self.prefix = parse_url(url)
+        self._reads: tuple[int, ThreadPoolExecutor] | None = None
         self.endpoint = settings.get("s3.endpoint_url") or None
         self.attempts = max(1, int(settings.get("s3.max_attempts")))
         config = Config(
@@ -216,6 +227,33 @@ class S3BlobStore:
             raise IntegrityError(f"blob {key} in {self.url} came back truncated: try again")
         return data
 
+    def get_many(self, keys: list[str], limit: int) -> Iterator[bytes]:
+        """:meth:`get` of each key (each bounded by ``limit``), in order, with up to
+        ``parallel_reads`` requests in flight: a name's signed records cost about one round
+        trip, not one each. The caller still checks them one by one, in order."""
+        pool = self._pool()
+        pending = iter(keys)
+        window: deque[Future[bytes]] = deque(
+            pool.submit(get_bounded, self, key, limit)
+            for key in itertools.islice(pending, self.parallel_reads)
+        )
+        try:
+            while window:
+                data = window.popleft().result()
+                for key in itertools.islice(pending, 1):
+                    window.append(pool.submit(get_bounded, self, key, limit))
+                yield data
+        finally:  # stopped early (a refused record): drop what is not needed
+            for future in window:
+                future.cancel()
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with _POOL_LOCK:  # one per process and store (a forked child starts its own)
+            if self._reads is None or self._reads[0] != os.getpid():
+                pool = ThreadPoolExecutor(self.parallel_reads, thread_name_prefix="s3-get")
+                self._reads = (os.getpid(), pool)
+            return self._reads[1]
+
     def exists(self, key: str) -> bool:
         try:
             self._call(key, self.client.head_object, Key=self._name(key))
@@ -246,26 +284,33 @@ class S3BlobStore:
 
 
 class StreamedObject:
-    """An object's body arriving on a background thread, readable with :meth:`read_at` as
-    it comes (what :func:`plugins.vault.decrypt.decrypt_files` reads chunk by chunk), so a
-    pull decrypts and hashes while the rest is still downloading.
+    """An object's body arriving on a background thread, read front to back with
+    :meth:`read_at` as it comes (what :func:`plugins.vault.decrypt.decrypt_files` reads
+    chunk by chunk), so a pull decrypts and hashes while the rest is still downloading.
 
-    The bytes land in contiguous blocks of ``block`` bytes, each allocated when its first
-    byte arrives: a length the server claims is never allocated up front, and a read
-    inside one block is a view, not a copy. A body shorter than its ``Content-Length``, a
-    dropped connection or a failed transport checksum is an error on the read that needs
-    the missing bytes.
+    The bytes land in a ring of ``slots`` blocks of ``block`` bytes, reused as the
+    reader moves on: memory stays bounded by the ring whatever the object's size, and
+    its pages are touched once, not once per byte of the object (a page fault costs
+    microseconds on this kind of virtual machine). A block is allocated only when the
+    bytes before it have arrived, so a length the server claims is never allocated up
+    front. Where the HTTP layer allows it, the socket reads straight into the ring (no
+    copy). A view returned by :meth:`read_at` stays valid until the next call; reads
+    move forward only. A body shorter than its ``Content-Length``, a dropped connection
+    or a failed transport checksum is an error on the read that needs the missing bytes.
     """
 
-    block = 64 << 20
+    block = 8 << 20
+    slots = 4
+    """Ring of ``slots`` x ``block`` bytes: how far the download may run ahead of the reader."""
     piece = 1 << 20
     """Bytes asked of the connection at a time (readers wake up after each)."""
 
     def __init__(self, key: str, body: Any, size: int, fail: Any, block: int = 0) -> None:
         self.key, self.size = key, size
         self.block = block or self.block
-        self._blocks: list[bytearray] = []
+        self._ring: list[Any] = []
         self._have = 0
+        self._released = 0  # bytes before this offset are no longer read: their slots are free
         self._error: Exception | None = None
         self._done = self._stop = False
         self._cond = threading.Condition()
@@ -277,29 +322,50 @@ class StreamedObject:
     def __len__(self) -> int:
         return self.size
 
-    def _store(self, data: bytes, at: int) -> None:
-        """Copy ``data`` (arrived at offset ``at``) into the blocks."""
-        view, done = memoryview(data), 0
-        while done < len(view):
-            index, off = divmod(at + done, self.block)
-            if index == len(self._blocks):
-                self._blocks.append(bytearray(min(self.block, max(self.size - at - done, 1))))
-            dst = self._blocks[index]
-            n = min(len(view) - done, len(dst) - off)
-            if n <= 0:  # more bytes than Content-Length said: the rest is never read
-                return
-            dst[off : off + n] = view[done : done + n]
-            done += n
+    @staticmethod
+    def _reader(body: Any) -> Any:
+        """``readinto(view) -> n`` for ``body``: the socket straight into ``view`` when the
+        body is botocore's over http.client, else a read and a copy."""
+        import http.client
+
+        fp = getattr(getattr(body, "_raw_stream", None), "_fp", None)
+        if isinstance(fp, http.client.HTTPResponse):
+            return fp.readinto  # raw bytes: botocore asks urllib3 for no decoding
+
+        def copy(view: memoryview) -> int:
+            data = body.read(len(view))
+            view[: len(data)] = data
+            return len(data)
+
+        return copy
+
+    def _slot(self, at: int) -> memoryview:
+        """The free part of the ring block that receives offset ``at`` (waits until the
+        reader has released that block's previous contents); empty when stopped."""
+        index, off = divmod(at, self.block)
+        with self._cond:
+            while not self._stop and self._released < (index - self.slots + 1) * self.block:
+                self._cond.wait()
+            if self._stop:
+                return memoryview(b"")
+        slot = index % self.slots
+        if slot == len(self._ring):  # bytes up to this block arrived: allocate it now
+            self._ring.append(_anonymous(min(self.block, self.size - index * self.block)))
+        end = min(len(self._ring[slot]), self.size - index * self.block)
+        return memoryview(self._ring[slot])[off:end]
 
     def _download(self, body: Any, fail: Any) -> None:
         have = 0
         try:
-            while not self._stop:
-                data = body.read(self.piece)
-                if not data:
+            readinto = self._reader(body)
+            while have < self.size:
+                view = self._slot(have)
+                if not view:
                     break
-                self._store(data, have)
-                have += len(data)
+                got = readinto(view[: self.piece])
+                if not got:
+                    break
+                have += got
                 with self._cond:
                     self._have = have
                     self._cond.notify_all()
@@ -313,31 +379,66 @@ class StreamedObject:
                 self._done = True
                 self._cond.notify_all()
 
-    def read_at(self, pos: int, n: int) -> memoryview:
-        """``n`` bytes at ``pos``, waiting until they have arrived."""
-        end = pos + n
+    def _wait(self, end: int) -> None:
+        """Until byte ``end - 1`` arrived; the store's error, or IntegrityError when the body
+        stopped short of it."""
         with self._cond:
             while self._have < end and not self._done:
                 self._cond.wait()
-            if min(self._have, self.size) < end:
+            if self._have < end:
                 raise self._error or IntegrityError(
                     f"blob {self.key} came back shorter than its {self.size:,} bytes: try again"
                 )
+
+    def _release(self, pos: int) -> None:
+        with self._cond:
+            self._released = pos
+            self._cond.notify_all()
+
+    def read_at(self, pos: int, n: int) -> memoryview:
+        """``n`` bytes at ``pos`` (at or after the previous read's), waiting until they
+        have arrived; valid until the next call."""
+        if pos < self._released or n < 0:
+            raise ValueError(f"read_at({pos}, {n}): a streamed object is read front to back")
+        if pos + n > self.size:
+            raise IntegrityError(
+                f"blob {self.key} came back shorter than its {self.size:,} bytes: try again"
+            )
+        self._release(pos)
         first, off = divmod(pos, self.block)
         if off + n <= self.block:
-            return memoryview(self._blocks[first])[off : off + n]
-        out = bytearray(n)  # across two blocks: rare (once per block)
-        at = 0
-        while at < n:
-            index, off = divmod(pos + at, self.block)
-            piece = memoryview(self._blocks[index])[off : off + n - at]
-            out[at : at + len(piece)] = piece
-            at += len(piece)
+            self._wait(pos + n)
+            return memoryview(self._ring[first % self.slots])[off : off + n]
+        # Across blocks (rare: a chunk that straddles two, or a read over a block's size):
+        # copied out piece by piece as it arrives, releasing each block once copied, so
+        # the copy grows with the bytes received, never from a claimed length.
+        out, at = bytearray(), pos
+        while at < pos + n:
+            index, off = divmod(at, self.block)
+            stop = min(pos + n, (index + 1) * self.block)
+            self._wait(at + 1)
+            with self._cond:
+                stop = min(stop, self._have)
+            out += memoryview(self._ring[index % self.slots])[off : off + stop - at]
+            at = stop
+            self._release(at)
         return memoryview(out)
 
     def close(self) -> None:
-        """Stop downloading (what has not arrived is dropped)."""
-        self._stop = True
+        """Stop downloading (what has not arrived is dropped); idempotent."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+
+
+def _anonymous(n: int) -> Any:
+    """``n`` zero bytes of fresh anonymous memory, backed by 2 MiB pages where Linux's
+    transparent huge pages allow (each 4 KiB page fault costs microseconds in a VM)."""
+    buf = mmap.mmap(-1, n)
+    if n >= 4 << 20 and hasattr(mmap, "MADV_HUGEPAGE"):
+        with contextlib.suppress(OSError):
+            buf.madvise(mmap.MADV_HUGEPAGE)
+    return buf
 
 
 class _Bytes:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from plugins.vault.decrypt import decrypt_files
 from plugins.vault.index import Index
 from plugins.vault.records import NameRecords
 from plugins.vault.trust_cache import TrustCache
+from plugins.vault.workers import in_background
 
 TEAM_ENV = "QLORA_HUB_TEAM"
 MAX_MANIFEST_BYTES = 16 << 20
@@ -111,6 +113,7 @@ class Vault:
         self.records = NameRecords(self.blobs, self._public_of, self.home / "pins")
         self._manifests: dict[tuple[str, str], dict[str, Any]] = {}  # (SHA-256, signer) -> parsed
         self._data_keys: dict[tuple[str, str, int], bytes] = {}
+        self._payload_hints: dict[tuple[str, str, int | None], str] = {}  # ref -> object id
 
     def __repr__(self) -> str:
         return f"Vault(root={str(self.root)!r}, team={self.team!r})"
@@ -237,18 +240,55 @@ class Vault:
     ) -> tuple[NameState, int, dict[str, Any], bytes, Any]:
         """:meth:`_opened` and, from object storage, the payload already downloading
         (None: it is read when decrypting)."""
-        state, version = self._resolve(ref, team)
+        stream = stream and hasattr(self.blobs, "view") and not hasattr(self.blobs, "reader")
+        hint = (team, ref.name, ref.version)
+        early = self._prefetch(self._payload_hints.get(hint)) if stream else None
         blob = None
-        if stream and hasattr(self.blobs, "view") and not hasattr(self.blobs, "reader"):
-            # It downloads while the manifest and key are read and checked; none of its
-            # bytes is used before both verified.
-            blob = self.blobs.view(self._key(state.versions[version].object_id, "payload"))
         try:
+            state, version = self._resolve(ref, team)
+            oid = state.versions[version].object_id
+            if stream:
+                # The payload downloads while the manifest and key are read and checked;
+                # none of its bytes is used before both verified.
+                blob = self._prefetched(early, oid)
+                early = None
+                if blob is None:
+                    blob = self.blobs.view(self._key(oid, "payload"))
+                if len(self._payload_hints) >= 1024:
+                    self._payload_hints.clear()
+                self._payload_hints[hint] = oid
             manifest = self._manifest(state, version)
             return state, version, manifest, self._data_key(state, version, team), blob
         except BaseException:
             getattr(blob, "close", lambda: None)()
+            if early is not None:
+                self._prefetched(early, "")
             raise
+
+    def _prefetch(self, oid: str | None) -> tuple[str, Future[Any]] | None:
+        """Start downloading object ``oid``'s payload on a helper thread (a guess: the
+        object the last pull of the same ref read), while this pull reads and verifies
+        the name's signed records. Only ciphertext arrives early: it is used only if the
+        verified records resolve to that same object, and then only after its manifest
+        and key verified, as any payload."""
+        if oid is None:
+            return None
+        return oid, in_background(self.blobs.view, self._key(oid, "payload"))
+
+    @staticmethod
+    def _prefetched(early: tuple[str, Future[Any]] | None, oid: str) -> Any:
+        """The early download if it is object ``oid``'s and started; else it is stopped
+        (now or when its request returns) and None is returned."""
+        if early is None:
+            return None
+        guess, future = early
+        if guess == oid:
+            try:
+                return future.result()
+            except Exception:  # gone or unreachable: the pull asks again and reports that
+                return None
+        future.add_done_callback(lambda f: f.exception() or f.result().close())
+        return None
 
     def _decrypt(
         self,
@@ -260,7 +300,10 @@ class Vault:
     ) -> dict[str, bytes]:
         oid = state.versions[version].object_id
         if blob is not None:  # already downloading (object storage)
-            return decrypt_files(blob, key, bytes.fromhex(oid), version, manifest["files"])
+            try:
+                return decrypt_files(blob, key, bytes.fromhex(oid), version, manifest["files"])
+            finally:  # a refused payload stops its download (it waits for the reader)
+                blob.close()
         key_ = self._key(oid, "payload")
         # A store that can read a blob piece by piece (file://) saves a copy of the whole
         # payload: each chunk is read into one small reused buffer, then decrypted.

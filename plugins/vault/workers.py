@@ -1,7 +1,7 @@
 """The vault's helper threads: one small pool per process, started once.
 
-A pull hands its audit entry and, for large payloads, its SHA-256 work to
-these threads. Starting a fresh ``threading.Thread`` per pull cost up to
+A pull hands its audit entry, for large payloads its SHA-256 work, and over
+object storage an early payload request to these threads. Starting a fresh ``threading.Thread`` per pull cost up to
 several milliseconds on a busy machine (``Thread.start`` waits until the new
 thread is scheduled); pool threads are already running. After ``fork`` the
 child gets a new pool (the parent's threads do not exist there).
@@ -15,8 +15,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-MAX_WORKERS = 4
-"""Two per pull (audit entry, hashing), for two concurrent pulls before any waits."""
+MAX_WORKERS = 6
+"""Three per pull (audit entry, hashing, an early payload request over object storage),
+for two concurrent pulls before any waits."""
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None

@@ -185,7 +185,7 @@ def test_a_missing_bucket_names_vault_blob_url(s3_endpoint, tmp_path, s3_hub):
         store.put("objects/ab/payload", b"x")
 
 
-def test_view_streams_an_object_readable_at_any_offset(s3_url, tmp_path, s3_hub):
+def test_view_streams_an_object_read_front_to_back(s3_url, tmp_path, s3_hub):
     import os
 
     store = _store(s3_url, tmp_path, s3_hub)
@@ -194,9 +194,11 @@ def test_view_streams_an_object_readable_at_any_offset(s3_url, tmp_path, s3_hub)
     view = store.view("objects/ab/payload")
     edge = StreamedObject.piece - 7
     assert len(view) == len(data)
+    assert bytes(view.read_at(0, 10)) == data[:10]
     assert bytes(view.read_at(edge, 20)) == data[edge : edge + 20]  # across two pieces
     assert bytes(view.read_at(len(data) - 5, 5)) == data[-5:]
-    assert bytes(view.read_at(0, len(data))) == data
+    with pytest.raises(ValueError, match="read front to back"):
+        view.read_at(0, 10)  # its block may already hold later bytes
 
 
 def test_a_streamed_read_across_blocks_returns_the_right_bytes():
@@ -206,7 +208,69 @@ def test_a_streamed_read_across_blocks_returns_the_right_bytes():
     view = StreamedObject("objects/ab/payload", _Bytes(data), len(data), None, block=1000)
     assert bytes(view.read_at(990, 2020)) == data[990:3010]  # spans three blocks
     assert bytes(view.read_at(4000, 1000)) == data[4000:]
-    assert bytes(view.read_at(0, 5000)) == data
+
+
+def test_an_object_many_times_the_ring_streams_through_a_few_reused_blocks():
+    import os
+
+    class Counting(_Bytes):
+        most = 0
+
+        def read(self, n):
+            out = super().read(n)
+            self.most = max(self.most, self._pos - (view[0]._released if view else 0))
+            return out
+
+    data = os.urandom(200_000)
+    body, view = Counting(data), []
+    view.append(StreamedObject("objects/ab/payload", body, len(data), None, block=1000))
+    frame, got = 1_337, bytearray()  # frames straddle blocks, as chunks do
+    for pos in range(0, len(data), frame):
+        got += view[0].read_at(pos, min(frame, len(data) - pos))
+    assert got == data
+    assert len(view[0]._ring) == StreamedObject.slots  # 200 blocks' worth through 4 buffers
+    assert all(len(block) == 1000 for block in view[0]._ring)
+    # the download never ran further ahead of the reader than the ring holds
+    assert 0 < body.most <= StreamedObject.slots * 1000
+
+
+def test_a_streamed_object_allocates_no_more_than_arrived_plus_one_block():
+    # the server claims a terabyte and sends 10 bytes: one block is allocated, not a terabyte
+    view = StreamedObject("objects/ab/payload", _Bytes(b"z" * 10), 1 << 40, lambda e: e)
+    with pytest.raises(IntegrityError, match="came back shorter"):
+        view.read_at(0, 4 << 20)
+    assert [len(b) for b in view._ring] == [StreamedObject.block]
+
+
+def test_closing_a_streamed_object_stops_a_download_waiting_for_the_reader():
+    import os
+
+    data = os.urandom(50_000)
+    view = StreamedObject("objects/ab/payload", _Bytes(data), len(data), None, block=1000)
+    assert bytes(view.read_at(0, 10)) == data[:10]  # the ring fills, then the download waits
+    view.close()
+    view._thread.join(5)
+    assert not view._thread.is_alive()
+
+
+def test_get_many_reads_in_order_concurrently_and_bounded(s3_url, tmp_path, s3_hub):
+    import threading
+
+    store = _store(s3_url, tmp_path, s3_hub)
+    keys = [f"names/upper/{i:08d}" for i in range(12)]
+    for i, key in enumerate(keys):
+        store.put(key, b"r" * i)
+    store.put("names/upper/big", b"x" * 101)
+    threads = set()
+    store.client.meta.events.register(
+        "before-call.s3.GetObject", lambda **kw: threads.add(threading.current_thread().name)
+    )
+    assert list(store.get_many(keys, 100)) == [b"r" * i for i in range(12)]
+    assert all(t.startswith("s3-get") for t in threads) and len(threads) > 1
+    many = store.get_many([keys[3], "names/upper/big", keys[4]], 100)
+    assert next(many) == b"rrr"
+    with pytest.raises(IntegrityError, match="over its 100 byte bound"):
+        next(many)
 
 
 def test_a_streamed_body_shorter_than_its_length_is_refused_at_the_missing_bytes():
