@@ -18,6 +18,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from hub.blobs import BlobStore, get_bounded, put_new
 from hub.errors import IntegrityError
@@ -26,6 +27,11 @@ from hub.identity import Identity, PublicIdentity
 from hub.names import ADAPTER_NAME, collision_key
 
 _SEQ = re.compile(r"[0-9]{8}", re.ASCII)
+
+
+def _concat(streams: list[Any]) -> Iterator[bytes]:
+    for stream in streams:
+        yield from stream
 
 
 class RecordConflict(IntegrityError):
@@ -73,13 +79,26 @@ class NameRecords:
 
     def load(self, name: str) -> NameState | None:
         """The verified state of ``name`` (None: no team ever published it)."""
-        keys = self._keys(name)
         pinned = self._pin(name)
-        stream = self._stream(keys, pinned[0] if pinned else -1)
+        seq = pinned[0] if pinned else -1
+        # From a store that reads several objects at once, the records this home verified
+        # before are requested while the listing runs (a round trip less); the listing
+        # still decides which records exist, and they are checked in order as always.
+        known = [f"{self.prefix(name)}{i:08d}" for i in range(seq + 1 if seq < 4096 else 0)]
+        early = self._stream(known, seq)
+        streams = [early] if early is not None else []
         try:
-            state = self._verify(name, keys, pinned, stream)
+            keys = self._keys(name)
+            if streams and keys[: seq + 1] != known:  # fewer than pinned: refused below
+                early.close()
+                streams = []
+            if streams and len(keys) > len(known):  # records added since
+                streams.append(self._stream(keys[len(known) :], -1))
+            elif not streams and (stream := self._stream(keys, seq)) is not None:
+                streams = [stream]
+            state = self._verify(name, keys, pinned, _concat(streams) if streams else None)
         finally:
-            if stream is not None:
+            for stream in streams:
                 stream.close()
         if state is None:
             return None
@@ -92,11 +111,11 @@ class NameRecords:
             self._write_pin(name, state)
         return state
 
-    def _stream(self, keys: list[str], pinned: int) -> Iterator[bytes] | None:
+    def _stream(self, keys: list[str], pinned: int) -> Any:
         """The records' bytes from a store that reads several at once (object storage:
         ``get_many``), the pinned record first, then the others in order; None otherwise."""
         many = getattr(self.blobs, "get_many", None)
-        if many is None or len(keys) < 2:
+        if many is None or not keys:
             return None
         first = [keys[pinned]] if 0 <= pinned < len(keys) else []
         return many([*first, *(k for i, k in enumerate(keys) if i != pinned)], MAX_RECORD_BYTES)

@@ -12,6 +12,7 @@ failure is one line naming the setting to check.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import mmap
 import os
@@ -19,7 +20,6 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlparse
@@ -227,25 +227,17 @@ class S3BlobStore:
             raise IntegrityError(f"blob {key} in {self.url} came back truncated: try again")
         return data
 
-    def get_many(self, keys: list[str], limit: int) -> Iterator[bytes]:
+    def get_many(self, keys: list[str], limit: int) -> _Reads:
         """:meth:`get` of each key (each bounded by ``limit``), in order, with up to
-        ``parallel_reads`` requests in flight: a name's signed records cost about one round
-        trip, not one each. The caller still checks them one by one, in order."""
-        pool = self._pool()
-        pending = iter(keys)
-        window: deque[Future[bytes]] = deque(
-            pool.submit(get_bounded, self, key, limit)
-            for key in itertools.islice(pending, self.parallel_reads)
+        ``parallel_reads`` requests in flight from the call on: a name's signed records
+        cost about one round trip, not one each. The caller still checks them one by
+        one, in order; ``close()`` drops what it no longer needs."""
+        return _Reads(
+            self._pool(),
+            functools.partial(get_bounded, self, limit=limit),
+            keys,
+            self.parallel_reads,
         )
-        try:
-            while window:
-                data = window.popleft().result()
-                for key in itertools.islice(pending, 1):
-                    window.append(pool.submit(get_bounded, self, key, limit))
-                yield data
-        finally:  # stopped early (a refused record): drop what is not needed
-            for future in window:
-                future.cancel()
 
     def _pool(self) -> ThreadPoolExecutor:
         with _POOL_LOCK:  # one per process and store (a forked child starts its own)
@@ -281,6 +273,34 @@ class S3BlobStore:
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, prefix or "/") from exc
         return sorted(out)
+
+
+class _Reads:
+    """An iterator over reads done ``ahead`` at a time on a pool (see ``get_many``)."""
+
+    def __init__(self, pool: ThreadPoolExecutor, read: Any, keys: list[str], ahead: int) -> None:
+        self._pool, self._read, self._pending = pool, read, iter(keys)
+        self._window: deque[Future[bytes]] = deque(
+            pool.submit(read, key) for key in itertools.islice(self._pending, ahead)
+        )
+
+    def __iter__(self) -> _Reads:
+        return self
+
+    def __next__(self) -> bytes:
+        if not self._window:
+            raise StopIteration
+        future = self._window.popleft()
+        for key in itertools.islice(self._pending, 1):
+            self._window.append(self._pool.submit(self._read, key))
+        return future.result()
+
+    def close(self) -> None:
+        """Cancel the reads not started yet (a refused record stops the caller early)."""
+        for future in self._window:
+            future.cancel()
+        self._window.clear()
+        self._pending = iter(())
 
 
 class StreamedObject:

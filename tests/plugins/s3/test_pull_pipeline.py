@@ -110,3 +110,19 @@ def test_a_refused_payload_larger_than_the_ring_stops_its_download(
     with pytest.raises(IntegrityError, match=match):
         s3_vault.pull(ref)
     _downloads_stop()  # without a close the download would wait for the reader forever
+
+
+def test_records_this_home_verified_are_requested_before_the_listing(s3_vault, monkeypatch):
+    ref = s3_vault.push(sample_adapter("upper"))
+    s3_vault.push(sample_adapter("upper", 2))  # records 0-2, pinned at 2
+    fresh = _as(s3_vault, "alpha")  # a new process: the pin comes from the home
+    calls: list[tuple[str, list[str]]] = []
+    blobs = fresh.blobs
+    keys, get_many = blobs.keys, blobs.get_many
+    monkeypatch.setattr(blobs, "keys", lambda p: calls.append(("list", [p])) or keys(p))
+    monkeypatch.setattr(
+        blobs, "get_many", lambda ks, limit: calls.append(("get", ks)) or get_many(ks, limit)
+    )
+    assert fresh.pull(ref).version == 1
+    pinned = [f"names/upper/{i:08d}" for i in (2, 0, 1)]  # the pinned one first
+    assert calls[:2] == [("get", pinned), ("list", ["names/upper/"])]
