@@ -50,6 +50,7 @@ class NameRecords:
         self.pins = Path(pins) / store_id if pins else None
         self._verified: set[tuple[str, str]] = set()
         self._pinned: dict[str, tuple[int, str]] = {}  # pins this process read or wrote
+        self._seen: dict[str, tuple[str, bytes]] = {}  # key -> (listed ETag, verified bytes)
 
     @staticmethod
     def prefix(name: str) -> str:
@@ -61,9 +62,12 @@ class NameRecords:
         found = {k.split("/")[1] for k in self.blobs.keys("names/")}
         return sorted(n for n in found if ADAPTER_NAME.fullmatch(n) and n == collision_key(n))
 
-    def _keys(self, name: str) -> list[str]:
+    def _keys(self, name: str) -> tuple[list[str], dict[str, str]]:
+        """The name's record keys, checked for gaps, and the ETags a store's listing gave."""
         prefix = self.prefix(name)
-        keys = self.blobs.keys(prefix)
+        tagged = getattr(self.blobs, "tagged_keys", None)
+        tags = tagged(prefix) if tagged is not None else {}
+        keys = sorted(tags) if tagged is not None else self.blobs.keys(prefix)
         seqs = [k[len(prefix) :] for k in keys]
         if any(not _SEQ.fullmatch(s) for s in seqs) or seqs != [
             f"{i:08d}" for i in range(len(keys))
@@ -72,7 +76,7 @@ class NameRecords:
                 f"signed records of adapter {name!r} have gaps or foreign files: the storage "
                 "was altered outside qlora-hub"
             )
-        return keys
+        return keys, tags
 
     def _read(self, key: str) -> bytes:
         return get_bounded(self.blobs, key, MAX_RECORD_BYTES)
@@ -82,21 +86,29 @@ class NameRecords:
         pinned = self._pin(name)
         seq = pinned[0] if pinned else -1
         # From a store that reads several objects at once, the records this home verified
-        # before are requested while the listing runs (a round trip less); the listing
-        # still decides which records exist, and they are checked in order as always.
+        # before are requested while the listing runs (a round trip less; a process that
+        # verified them itself skips them, below); the listing still decides which
+        # records exist, and they are checked in order as always.
         known = [f"{self.prefix(name)}{i:08d}" for i in range(seq + 1 if seq < 4096 else 0)]
-        early = self._stream(known, seq)
+        cold = not any(k in self._seen for k in known)
+        early = self._stream(known, seq) if cold else None
         streams = [early] if early is not None else []
         try:
-            keys = self._keys(name)
+            keys, tags = self._keys(name)
             if streams and keys[: seq + 1] != known:  # fewer than pinned: refused below
                 early.close()
                 streams = []
+            reuse = {} if streams else self._reusable(keys, tags)
             if streams and len(keys) > len(known):  # records added since
                 streams.append(self._stream(keys[len(known) :], -1))
-            elif not streams and (stream := self._stream(keys, seq)) is not None:
-                streams = [stream]
-            state = self._verify(name, keys, pinned, _concat(streams) if streams else None)
+            elif not streams:
+                need = [k for i, k in enumerate(keys) if i not in reuse]
+                at = need.index(keys[seq]) if seq not in reuse and 0 <= seq < len(keys) else -1
+                stream = self._stream(need, at)
+                streams = [stream] if stream is not None else []
+            stream = _concat(streams) if streams else None
+            used: list[bytes] = []
+            state = self._verify(name, keys, pinned, stream, reuse, used)
         finally:
             for stream in streams:
                 stream.close()
@@ -109,7 +121,30 @@ class NameRecords:
             )
         if pinned is None or state.seq > pinned[0]:
             self._write_pin(name, state)
+        self._remember(keys, tags, used)
         return state
+
+    def _reusable(self, keys: list[str], tags: dict[str, str]) -> dict[int, bytes]:
+        """Records this process verified whose key the listing gives the same ETag as
+        then: their bytes are reused instead of fetched again. Safe whatever the ETag
+        says: they are bytes that passed every check before (a store that lies about an
+        ETag could as well serve those bytes again), and every record is replayed."""
+        out = {}
+        for i, key in enumerate(keys):
+            seen = self._seen.get(key)
+            if seen is not None and tags.get(key) and seen[0] == tags[key]:
+                out[i] = seen[1]
+        return out
+
+    def _remember(self, keys: list[str], tags: dict[str, str], used: list[bytes]) -> None:
+        """Keep the bytes of records that all verified, by key and listed ETag."""
+        if not tags or len(used) != len(keys):
+            return
+        if len(self._seen) > 20_000:
+            self._seen.clear()
+        for key, blob in zip(keys, used, strict=True):
+            if tags.get(key):
+                self._seen[key] = (tags[key], blob)
 
     def _stream(self, keys: list[str], pinned: int) -> Any:
         """The records' bytes from a store that reads several at once (object storage:
@@ -126,12 +161,16 @@ class NameRecords:
         keys: list[str],
         pinned: tuple[int, str] | None,
         stream: Iterator[bytes] | None,
+        reuse: dict[int, bytes],
+        used: list[bytes],
     ) -> NameState | None:
-        """Check the pin, then replay the records (read from ``stream`` when given)."""
-        checked: dict[int, bytes] = {}
+        """Check the pin, then replay the records: ``reuse``'s bytes by position, the
+        others read from ``stream`` (in order) or one by one; ``used`` gets every record's
+        bytes in order."""
+        checked = dict(reuse)
         if pinned is not None:
             seq, head = pinned
-            if len(keys) > seq:
+            if len(keys) > seq and seq not in checked:
                 checked[seq] = next(stream) if stream else self._read(keys[seq])
             if seq not in checked or digest(checked[seq]) != head:
                 raise IntegrityError(
@@ -150,7 +189,8 @@ class NameRecords:
             checked[i] if i in checked else next(stream) if stream else self._read(k)
             for i, k in enumerate(keys)
         )
-        return replay(blobs, self.public_of, self._verified, pinned[0] if pinned else -1)
+        kept = (used.append(blob) or blob for blob in blobs)
+        return replay(kept, self.public_of, self._verified, pinned[0] if pinned else -1)
 
     def claim(self, name: str, identity: Identity) -> NameState:
         """Record 0: ``identity``'s team owns ``name`` (caller holds the write lock)."""

@@ -260,19 +260,26 @@ class S3BlobStore:
 
     def keys(self, prefix: str) -> list[str]:
         """Keys under ``prefix``, sorted; ListObjectsV2 page by page (``page_size`` keys a page)."""
+        return sorted(self.tagged_keys(prefix))
+
+    def tagged_keys(self, prefix: str) -> dict[str, str]:
+        """Keys under ``prefix`` -> the ETag the listing gives each (what the server says
+        identifies its bytes; unverified: a reader may skip fetching bytes it verified
+        under the same ETag, never trust bytes it did not verify)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         start = self.prefix + prefix
-        out: list[str] = []
+        out: dict[str, str] = {}
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=start, PaginationConfig={"PageSize": self.page_size}
             )
             for page in pages:
-                out.extend(item["Key"][len(self.prefix) :] for item in page.get("Contents", ()))
+                for item in page.get("Contents", ()):
+                    out[item["Key"][len(self.prefix) :]] = str(item.get("ETag", ""))
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, prefix or "/") from exc
-        return sorted(out)
+        return out
 
 
 class _Reads:

@@ -11,6 +11,7 @@ import pytest
 
 from hub.errors import AccessError, IntegrityError
 from hub.testing.storage import sample_adapter
+from hub.types import AdapterRef
 from plugins.s3.store import StreamedObject
 from plugins.vault.backend import Vault
 
@@ -61,8 +62,6 @@ def test_a_warm_pull_of_a_replaced_record_is_refused_with_its_payload_downloadin
 
 
 def test_a_warm_pull_of_latest_returns_the_new_version_not_the_early_guess(s3_vault):
-    from hub.types import AdapterRef
-
     s3_vault.push(sample_adapter("upper", 1))
     first = s3_vault.pull(AdapterRef("upper"))
     second = sample_adapter("upper", 2)
@@ -118,11 +117,32 @@ def test_records_this_home_verified_are_requested_before_the_listing(s3_vault, m
     fresh = _as(s3_vault, "alpha")  # a new process: the pin comes from the home
     calls: list[tuple[str, list[str]]] = []
     blobs = fresh.blobs
-    keys, get_many = blobs.keys, blobs.get_many
-    monkeypatch.setattr(blobs, "keys", lambda p: calls.append(("list", [p])) or keys(p))
+    tagged_keys, get_many = blobs.tagged_keys, blobs.get_many
+    monkeypatch.setattr(
+        blobs, "tagged_keys", lambda p: calls.append(("list", [p])) or tagged_keys(p)
+    )
     monkeypatch.setattr(
         blobs, "get_many", lambda ks, limit: calls.append(("get", ks)) or get_many(ks, limit)
     )
     assert fresh.pull(ref).version == 1
     pinned = [f"names/upper/{i:08d}" for i in (2, 0, 1)]  # the pinned one first
     assert calls[:2] == [("get", pinned), ("list", ["names/upper/"])]
+
+
+def test_a_warm_pull_fetches_no_record_it_verified_under_the_same_etag(s3_vault, s3_endpoint):
+    ref = s3_vault.push(sample_adapter("upper"), share_with=["beta"])
+    s3_vault.pull(ref)
+    gets = _gets(s3_vault)
+    assert s3_vault.pull(ref).version == 1
+    assert [k for k in gets if "/names/" in k] == []  # listed, not fetched again
+    _as(s3_vault, "alpha").revoke(ref, from_team="beta")  # elsewhere: new records, fetched
+    gets.clear()
+    latest = AdapterRef("upper")
+    assert s3_vault.pull(latest).version == 2
+    fetched = [k.rsplit("/", 1)[-1] for k in gets if "/names/" in k]
+    assert fetched and all(seq > "00000001" for seq in fetched)  # only the new ones
+    blobs, raw = s3_vault.blobs, s3_endpoint.client()  # rewritten: a new ETag, read, refused
+    key = blobs.prefix + "names/upper/00000000"
+    raw.put_object(Bucket=blobs.bucket, Key=key, Body=b'{"record": {}, "signature": ""}')
+    with pytest.raises(IntegrityError):
+        s3_vault.pull(latest)
