@@ -12,7 +12,7 @@ import pytest
 from hub.errors import AccessError, IntegrityError
 from hub.testing.storage import sample_adapter
 from hub.types import AdapterRef
-from plugins.s3.store import StreamedObject
+from plugins.s3.stream import StreamedObject
 from plugins.vault.backend import Vault
 
 

@@ -16,7 +16,8 @@ from hub.blobs import get_bounded
 from hub.config import load_settings
 from hub.errors import ConfigError, IntegrityError
 from hub.plugins import Hub
-from plugins.s3.store import S3BlobStore, StreamedObject, _Bytes, parse_url
+from plugins.s3.store import S3BlobStore, parse_url
+from plugins.s3.stream import StreamedObject, _Bytes
 
 
 def _store(url, home, hub):
