@@ -30,6 +30,38 @@ _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _MAX_DEPTH = 8
 
 
+def write_once(folder: int, leaf: str, data: bytes, mode: int) -> bool:
+    """Create ``leaf`` in the open folder ``folder`` holding ``data``, unless it exists;
+    True if this call created it.
+
+    The bytes go to a new temp file (``O_EXCL | O_NOFOLLOW``), are fsynced, and the
+    file is hard-linked into place (``link`` never follows a link and fails when the
+    name exists, so no reader sees half a file and two writers never both win); the
+    folder is fsynced after. The temp file is always removed.
+    """
+    tmp = f".{leaf}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    try:
+        out = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=folder
+        )
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(out, view) :]
+            os.fsync(out)
+        finally:
+            os.close(out)
+        try:
+            os.link(tmp, leaf, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
+        except FileExistsError:
+            return False
+        os.fsync(folder)
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=folder)
+
+
 class FolderRecords:
     """Write-once blobs under ``root`` (keys like ``names/upper/00000003``)."""
 
@@ -70,24 +102,9 @@ class FolderRecords:
         *parts, leaf = check_key(key).split("/")
         fd = self._folder(parts, create=True)
         assert fd is not None
-        tmp = f".{leaf}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
         try:
-            out = os.open(
-                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=fd
-            )
-            with os.fdopen(out, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            try:
-                os.link(tmp, leaf, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
-            except FileExistsError:
-                return False
-            os.fsync(fd)
-            return True
+            return write_once(fd, leaf, data, 0o644)
         finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=fd)
             os.close(fd)
 
     def get(self, key: str, limit: int | None = None) -> bytes:

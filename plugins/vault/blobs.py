@@ -24,6 +24,7 @@ from hub.blobs import (  # noqa: F401  (re-exported: the vault's modules import 
     register_blob_scheme,
 )
 from hub.errors import IntegrityError
+from hub.record_files import write_once
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
@@ -187,25 +188,9 @@ class FileBlobStore:
         *parts, name = check_key(key).split("/")
         folder = self._open_dir(parts, key, create=True)
         assert folder is not None
-        tmp = f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
         try:
-            fd = os.open(tmp, _NEW_FLAGS, 0o600, dir_fd=folder)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            try:
-                os.link(tmp, name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
-            except FileExistsError:
-                return False
-            os.fsync(folder)
-            return True
+            return write_once(folder, name, data, 0o600)
         finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=folder)
             os.close(folder)
 
     def get(self, key: str, limit: int | None = None) -> bytes:
