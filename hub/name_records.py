@@ -140,7 +140,7 @@ class NameRecords:
         """Keep the bytes of records that all verified, by key and listed ETag."""
         if not tags or len(used) != len(keys):
             return
-        if len(self._seen) > 20_000:
+        if len(self._seen) > 4096:  # at most 4096 x 64 KiB kept (records are a few KiB)
             self._seen.clear()
         for key, blob in zip(keys, used, strict=True):
             if tags.get(key):
