@@ -69,23 +69,31 @@ class AccessLogMiddleware:
                     callback()
                 except Exception:
                     log.exception("cleanup after request %s failed", rid)
-            seconds = time.perf_counter() - started
-            route = scope.get("route_handler")
-            path_template = getattr(route, "paths", None)
-            # unknown paths share one label (no unbounded metric series from scanners)
-            path = sorted(path_template)[0] if path_template else UNKNOWN_PATH
-            record = {
-                "event": "access",
-                "request_id": rid,
-                "method": scope["method"],
-                "path": path,
-                "status": status["code"],
-                "ms": round(seconds * 1000, 1),
-                **state["log"],
-            }
-            if path == UNKNOWN_PATH:
-                record["unknown_path"] = scope["path"][:200]
-            if log.isEnabledFor(logging.INFO):
-                log.info(json.dumps(record))
-            if self.observe:
-                self.observe(path, status["code"], seconds)
+            self.finish(scope, status["code"], time.perf_counter() - started)
+
+    def finish(self, scope: dict, status: int, seconds: float) -> None:
+        """Log the exchange of ``scope`` (request id, route, status, time) and count it.
+
+        The route is the handler's path template; before routing (the admission gate's
+        answers) it is the path the gate matched (``state["route"]``); unknown paths
+        share one label (no unbounded metric series from scanners).
+        """
+        state = scope["state"]
+        route = scope.get("route_handler")
+        path_template = getattr(route, "paths", None)
+        path = sorted(path_template)[0] if path_template else state.get("route", UNKNOWN_PATH)
+        record = {
+            "event": "access",
+            "request_id": state["request_id"],
+            "method": scope["method"],
+            "path": path,
+            "status": status,
+            "ms": round(seconds * 1000, 1),
+            **state.get("log", {}),
+        }
+        if path == UNKNOWN_PATH:
+            record["unknown_path"] = scope["path"][:200]
+        if log.isEnabledFor(logging.INFO):
+            log.info(json.dumps(record))
+        if self.observe:
+            self.observe(path, status, seconds)

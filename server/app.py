@@ -141,11 +141,18 @@ def create_app(state: ServerState, hub: Any = None, *, max_body_bytes: int = 1 <
     The engine thread starts with the app and stops with it.
     """
     from server.accesslog import AccessLogMiddleware
-    from server.gate import AdmissionGate
+    from server.gate import AdmissionGate, ProtocolGate
+
+    series: dict[tuple[str, int], tuple[Any, Any]] = {}  # routes x statuses: bounded
 
     def observe(path: str, status: int, seconds: float) -> None:
-        state.metrics.requests.labels(path, str(status)).inc()
-        state.metrics.latency.labels(path).observe(seconds)
+        pair = series.get((path, status))
+        if pair is None:  # labels() takes a lock and builds a key: once per route and status
+            metrics = state.metrics
+            pair = (metrics.requests.labels(path, str(status)), metrics.latency.labels(path))
+            series[(path, status)] = pair
+        pair[0].inc()
+        pair[1].observe(seconds)
 
     plugin_routes = hub.routes() if hub is not None else []
     app = Litestar(
@@ -174,5 +181,8 @@ def create_app(state: ServerState, hub: Any = None, *, max_body_bytes: int = 1 <
     )
     app.state.server = state
     # outside Litestar's router, so requests for unknown paths are logged and counted too
-    app.asgi_handler = AccessLogMiddleware(AdmissionGate(app.asgi_handler, state), observe)
+    gate = AdmissionGate(app.asgi_handler, state)
+    app.asgi_handler = access = AccessLogMiddleware(gate, observe)
+    # serve's HTTP protocol answers the gate's refusals before any ASGI work (server.http)
+    app.state.protocol_gate = ProtocolGate(gate, access)
     return app

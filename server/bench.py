@@ -335,14 +335,14 @@ def _start(app: Any, settings: Any) -> tuple[Any, str]:
 
     import uvicorn
 
-    from server.http import tune_interpreter
+    from server.http import uvicorn_config
 
-    tune_interpreter(settings)  # the GIL switch interval `serve` runs with
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # what `serve` runs: its protocol, limits and GIL switch interval
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
+        uvicorn_config(app, settings, host="127.0.0.1", port=port, log_level="error")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -5,13 +5,24 @@ engine's queue straight on the ASGI scope, and answers 401 or 429 itself, withou
 routing, reading the body or building a Litestar response. What it decided is kept in
 the scope, so the handlers' own :meth:`ServerState.authenticate` and
 :meth:`ServerState.admit` calls return the same caller and queue place.
+
+Under ``serve``'s HTTP protocol (:mod:`server.http`) the same decision is taken earlier
+still, by :class:`ProtocolGate`, as soon as a request's headers are parsed: a refusal is
+written to the socket from the parser's callback, with no ASGI task, scope walk or
+middleware call. A burst of 1,000 requests at a full server is answered in the time the
+parser needs to read them (docs/benchmarks.md); the answers are the same bytes the ASGI
+path writes, logged and counted the same way.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import time
+from http import HTTPStatus
 from typing import Any
 
+from server.accesslog import request_id_from
 from server.errors import APIError
 
 GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
@@ -23,30 +34,52 @@ class AdmissionGate:
     def __init__(self, app: Any, state: Any) -> None:
         self.app, self.state = app, state
 
+    def refusal(self, scope: dict) -> APIError | None:
+        """The 401/429 for a generation request ``scope`` whose key, rate or queue place is
+        refused; ``None`` when it may go on (its caller and queue place are then in
+        ``scope["state"]``) or when it is not a generation request."""
+        if scope["method"] != "POST" or scope["path"] not in GENERATION_PATHS:
+            return None
+        scope["state"]["route"] = scope["path"]
+        try:
+            self.state.caller_of(scope)
+            self.state.admit_scope(scope)
+        except APIError as exc:
+            return exc
+        return None
+
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["method"] == "POST"
-            and scope["path"] in GENERATION_PATHS
-        ):
-            try:
-                self.state.caller_of(scope)
-                self.state.admit_scope(scope)
-            except APIError as exc:
-                await _answer(send, exc)
+        if scope["type"] == "http":
+            exc = self.refusal(scope)
+            if exc is not None:
+                status, headers, body = error_response(exc)
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body, "more_body": False})
                 return
         await self.app(scope, receive, send)
 
 
-async def _answer(send: Any, exc: APIError) -> None:
-    """The error in OpenAI's shape, as the app's exception handler writes it."""
+def error_response(exc: APIError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers and body of the gate's answer ``exc``, in OpenAI's error shape as the
+    app's exception handler writes it."""
+    extra = tuple((str(k), str(v)) for k, v in (exc.headers or {}).items())
+    status, headers, body, _ = _rendered(exc.status_code, exc.detail, extra)
+    return status, list(headers), body
+
+
+@functools.lru_cache(maxsize=64)
+def _rendered(
+    status: int, message: str, extra: tuple[tuple[str, str], ...]
+) -> tuple[int, tuple[tuple[bytes, bytes], ...], bytes, bytes]:
+    """Status, headers, body, and the status line and headers as HTTP/1.1 bytes (the gate's
+    answers are a handful of fixed messages: each is rendered once)."""
     body = json.dumps(
         {
             "error": {
-                "message": exc.detail,
+                "message": message,
                 "type": "invalid_request_error",
                 "param": None,
-                "code": exc.status_code,
+                "code": status,
             }
         },
         separators=(",", ":"),
@@ -57,6 +90,37 @@ async def _answer(send: Any, exc: APIError) -> None:
         # the request's body is never read: close rather than receive it for nothing
         (b"connection", b"close"),
     ]
-    headers += [(k.lower().encode(), str(v).encode()) for k, v in (exc.headers or {}).items()]
-    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    headers += [(k.lower().encode(), v.encode()) for k, v in extra]
+    head = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()
+    head += b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+    return status, tuple(headers), body, head
+
+
+class ProtocolGate:
+    """The gate's decision taken by the HTTP protocol once a request's headers are parsed.
+
+    :meth:`answer` returns the whole HTTP/1.1 refusal (status line, the server's default
+    headers, the request id, the body) for the protocol to write and close, after logging
+    and counting it through the access log; ``None`` lets the request on to the app.
+    """
+
+    def __init__(self, gate: AdmissionGate, access: Any) -> None:
+        self.gate, self.access = gate, access
+
+    def answer(self, scope: dict, default_headers: list[tuple[bytes, bytes]]) -> bytes | None:
+        """The refusal for ``scope`` as bytes to write, or ``None`` (see the class)."""
+        started = time.perf_counter()
+        scope.setdefault("state", {})
+        exc = self.gate.refusal(scope)
+        if exc is None:
+            return None
+        rid = request_id_from(scope["headers"])
+        scope["state"]["request_id"] = rid
+        extra = tuple((str(k), str(v)) for k, v in (exc.headers or {}).items())
+        status, _, body, head = _rendered(exc.status_code, exc.detail, extra)
+        lines = [head]
+        for name, value in default_headers:  # uvicorn's server and date
+            lines += [name, b": ", value, b"\r\n"]
+        lines += [b"x-request-id: ", rid.encode(), b"\r\n\r\n", body]
+        self.access.finish(scope, status, time.perf_counter() - started)
+        return b"".join(lines)

@@ -24,6 +24,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger("qlora_hub.server.http")
 
+# request targets the protocol's admission gate checks (exactly; anything else, a query
+# string or percent-encoding included, goes through the app's own gate)
+_GATED = frozenset({b"/v1/completions", b"/v1/chat/completions"})
+
 
 class _HeaderTimeout:
     """A deadline for each request's headers (mixed into a uvicorn HTTP protocol)."""
@@ -87,8 +91,12 @@ def _httptools_protocol() -> type | None:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class HeaderTimeoutHttpTools(_HeaderTimeout, HttpToolsProtocol):
-        """uvicorn's httptools protocol with a deadline for each request's headers and a
-        bound on their size (llhttp has none)."""
+        """uvicorn's httptools protocol with a deadline for each request's headers, a bound
+        on their size (llhttp has none), and the admission gate (``gate``, a
+        :class:`server.gate.ProtocolGate`)."""
+
+        gate: Any = None
+        _refused = False
 
         def data_received(self, data: bytes) -> None:
             """Feed the parser; 400 once a head still unfinished passes ``max_header_bytes``."""
@@ -103,9 +111,32 @@ def _httptools_protocol() -> type | None:
                 self._disarm()
 
         def on_headers_complete(self) -> None:
-            """Stop the clock: the request's headers are complete."""
+            """Stop the clock: the request's headers are complete. A generation request the
+            admission gate refuses (401/429) is answered here, from the parser's callback,
+            and the connection closed: no request cycle, no ASGI task."""
             self._disarm()
+            if self._refused:  # pipelined after a refusal on this connection: dropped
+                return
+            if self.gate is not None and self.url in _GATED and not self.root_path:
+                self.scope["method"] = self.parser.get_method().decode("ascii")
+                self.scope["path"] = self.url.decode("ascii")
+                answer = self.gate.answer(self.scope, self.server_state.default_headers)
+                if answer is not None:
+                    self._refused = True
+                    self.transport.write(answer)
+                    self.transport.close()
+                    return
             super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            """A refused request's body is not read."""
+            if not self._refused:
+                super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            """Nothing to complete for a refused request."""
+            if not self._refused:
+                super().on_message_complete()
 
     return HeaderTimeoutHttpTools
 
@@ -143,7 +174,9 @@ def uvicorn_config(app: Any, settings: Any, parser: str | None = None, **overrid
     ``serve.max_header_bytes`` bounds a request head, and ``serve.graceful_shutdown_s``
     bounds how long a shutdown waits for running requests. ``parser``: see
     :func:`http_protocol`. Also sets this process's GIL switch interval
-    (:func:`tune_interpreter`, ``serve.switch_interval_ms``).
+    (:func:`tune_interpreter`, ``serve.switch_interval_ms``). When ``app`` is the server's
+    app (:func:`server.app.create_app`), the httptools protocol answers its admission
+    gate's refusals itself (:class:`server.gate.ProtocolGate`).
     """
     import uvicorn
 
@@ -154,6 +187,8 @@ def uvicorn_config(app: Any, settings: Any, parser: str | None = None, **overrid
         "header_timeout_s": float(s("serve.header_timeout_s")),
         "max_header_bytes": int(s("serve.max_header_bytes")),
     }
+    if hasattr(base, "gate"):  # httptools: the server app's admission gate (server.gate)
+        limits["gate"] = getattr(getattr(app, "state", None), "protocol_gate", None)
     options: dict[str, Any] = {
         "host": s("serve.host"),
         "port": s("serve.port"),

@@ -152,12 +152,28 @@ def free_port() -> int:
 
 
 def start_uvicorn(app: Any) -> tuple[Any, threading.Thread, str]:
-    """Run ``app`` under uvicorn in a thread on a free loopback port; returns (server, thread, url)."""
+    """Run ``app`` under uvicorn in a thread on a free loopback port; returns (server, thread, url).
+
+    The HTTP protocol is ``serve``'s (server.http): httptools answering the server app's
+    admission-gate refusals itself."""
     import uvicorn
 
+    from server.http import http_protocol
+
     port = free_port()
+    base, loop = http_protocol()
+    gate = getattr(getattr(app, "state", None), "protocol_gate", None)
+    protocol = type("Test" + base.__name__, (base,), {"gate": gate})
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            access_log=False,
+            http=protocol,
+            loop=loop,
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -197,9 +213,49 @@ def access_log(caplog: pytest.LogCaptureFixture):
     return lines_of
 
 
+ADAPTERS_ENV = "QLORA_HUB_TEST_ADAPTERS"
+
+
+def fixture_adapters(request: pytest.FixtureRequest, embedded_base: Path) -> dict[str, Path]:
+    """The trained ``upper`` and ``reverse`` adapters (``trained_adapters``), or a kept copy.
+
+    With ``QLORA_HUB_TEST_ADAPTERS=DIR``, their PEFT files are kept in ``DIR/<sha256 of the
+    base's weights>``: a run that finds them there uses them instead of training again,
+    one that does not trains and keeps them. CI sets it for both of its venvs, so the
+    vllm venv (whose older transformers writes another ``config.json`` but the same
+    weights) serves the adapters the main suite trained instead of training for minutes.
+    """
+    import hashlib
+    import shutil
+    import tempfile
+
+    from hub.base import weight_files
+
+    cache = os.environ.get(ADAPTERS_ENV)
+    if not cache:
+        return request.getfixturevalue("trained_adapters")
+    digest = hashlib.sha256()
+    for path in weight_files(embedded_base):
+        digest.update(path.read_bytes())
+    kept = Path(cache) / digest.hexdigest()
+    if not kept.is_dir():
+        trained = request.getfixturevalue("trained_adapters")
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".partial-"))
+        for name, path in trained.items():
+            (tmp / name).mkdir()
+            for file in (AdapterPayload.CONFIG, AdapterPayload.WEIGHTS):
+                shutil.copyfile(path / file, tmp / name / file)
+        try:
+            tmp.rename(kept)
+        except OSError:  # another run kept them first
+            shutil.rmtree(tmp)
+    return {name: kept / name for name in ("upper", "reverse")}
+
+
 @pytest.fixture(scope="session")
 def serve_home(
-    tmp_path_factory: pytest.TempPathFactory, embedded_base: Path, trained_adapters: dict[str, Path]
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, embedded_base: Path
 ) -> dict[str, Any]:
     """A data directory with the adapters published in `local` storage and three API keys."""
     from hub.config import load_settings
@@ -208,6 +264,7 @@ def serve_home(
     from server.auth import KeyStore
     from server.random_adapter import random_lora_payload
 
+    trained_adapters = fixture_adapters(request, embedded_base)
     home = tmp_path_factory.mktemp("serve-home")
     hub = Hub()
     settings = load_settings(home)
