@@ -117,7 +117,9 @@ def _httptools_protocol() -> type | None:
             self._disarm()
             if self._refused:  # pipelined after a refusal on this connection: dropped
                 return
-            if self.gate is not None and self.url in _GATED and not self.root_path:
+            # not behind a pipelined request still being answered: its response comes first
+            idle = self.cycle is None or self.cycle.response_complete
+            if self.gate is not None and idle and self.url in _GATED and not self.root_path:
                 self.scope["method"] = self.parser.get_method().decode("ascii")
                 self.scope["path"] = self.url.decode("ascii")
                 answer = self.gate.answer(self.scope, self.server_state.default_headers)

@@ -170,3 +170,18 @@ def test_uvicorn_config_gives_the_protocol_the_apps_gate(served, tmp_path) -> No
     assert uvicorn_config(Litestar([]), settings).http.gate is None
     # h11 has no protocol gate: the app's own gate answers there
     assert not hasattr(uvicorn_config(served["app"], settings, parser="h11").http, "gate")
+
+
+def test_a_refusal_pipelined_behind_a_running_request_waits_for_its_answer(served) -> None:
+    good = json.dumps({"model": "r0", "prompt": "hi", "max_tokens": 4, "temperature": 0})
+    first = post("/v1/completions", served["keys"]["alpha"], good.encode()).replace(
+        b"Connection: close\r\n", b""
+    )
+    answer = exchange(served["url"], first + post("/v1/completions", None, b"{}"))
+    # the 200 comes whole, then the 401 (the app's gate answers it in turn), never interleaved
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answer.count(b"HTTP/1.1 ") == 2
+    second = answer[answer.index(b"HTTP/1.1 ", 1) :]
+    assert second.startswith(b"HTTP/1.1 401 Unauthorized\r\n")
+    body = split(answer[: answer.index(b"HTTP/1.1 ", 1)])[2]
+    assert json.loads(body)["usage"]["completion_tokens"] == 4
