@@ -117,9 +117,7 @@ def _httptools_protocol() -> type | None:
             self._disarm()
             if self._refused:  # pipelined after a refusal on this connection: dropped
                 return
-            # not behind a pipelined request still being answered: its response comes first
-            idle = self.cycle is None or self.cycle.response_complete
-            if self.gate is not None and idle and self.url in _GATED and not self.root_path:
+            if self._gated():
                 self.scope["method"] = self.parser.get_method().decode("ascii")
                 self.scope["path"] = self.url.decode("ascii")
                 answer = self.gate.answer(self.scope, self.server_state.default_headers)
@@ -129,6 +127,22 @@ def _httptools_protocol() -> type | None:
                     self.transport.close()
                     return
             super().on_headers_complete()
+
+        def _gated(self) -> bool:
+            """Whether the protocol's gate decides this request: only one uvicorn starts at
+            once. A request pipelined behind one still being answered, an upgrade, or one
+            past ``limit_concurrency`` (uvicorn's 503) is left to the app's own gate, which
+            runs if and when the request does: a queue place taken here would never be
+            given back (no ASGI task, no ``on_close``), and a refusal written here would
+            overtake the previous response on the socket."""
+            if self.gate is None or self.url not in _GATED or self.root_path:
+                return False
+            if self.cycle is not None and not self.cycle.response_complete:
+                return False
+            if self.parser.should_upgrade():
+                return False
+            cap = self.limit_concurrency
+            return cap is None or (len(self.connections) < cap and len(self.tasks) < cap)
 
         def on_body(self, body: bytes) -> None:
             """A refused request's body is not read."""
