@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 from hub.blobs import check_key, get_bounded
 from hub.errors import ConfigError, IntegrityError
-from plugins.s3.stream import Reads, StreamedObject, _Bytes
+from plugins.s3.stream import Reads, StreamedObject
 
 _POOL_LOCK = threading.Lock()
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", re.ASCII)
@@ -196,10 +196,12 @@ class S3BlobStore:
         decryption runs while the rest arrives); missing -> IntegrityError."""
         out = self._get_object(key)
         size = int(out.get("ContentLength", -1))
-        if size < 0:  # no length to read against: the whole body, then its length
-            data = out["Body"].read()
+        if size < 0:  # nothing to bound the read by: never read a body of unknown length
             out["Body"].close()
-            size, out["Body"] = len(data), _Bytes(data)
+            raise IntegrityError(
+                f"blob {key}: {self.endpoint or 'AWS S3'} sent it with no Content-Length "
+                "(S3 always sends one): check s3.endpoint_url"
+            )
         return StreamedObject(key, out["Body"], size, lambda exc: self._error(exc, key))
 
     def get(self, key: str, limit: int | None = None) -> bytes:
