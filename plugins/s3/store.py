@@ -275,7 +275,15 @@ class S3BlobStore:
             )
             for page in pages:
                 for item in page.get("Contents", ()):
-                    out[item["Key"][len(self.prefix) :]] = str(item.get("ETag", ""))
+                    name = str(item["Key"])
+                    # what a listing names may be read, replayed or deleted: never a key
+                    # outside the prefix asked for
+                    if not name.startswith(start):
+                        raise IntegrityError(
+                            f"{self.endpoint or 'AWS S3'} listed {name[:200]!r} outside the "
+                            f"prefix {prefix} of {self.url}: check s3.endpoint_url"
+                        )
+                    out[name[len(self.prefix) :]] = str(item.get("ETag", ""))
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, prefix or "/") from exc
         return out

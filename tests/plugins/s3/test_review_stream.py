@@ -51,3 +51,43 @@ def test_a_payload_without_a_length_is_refused_before_its_body_is_read(tmp_path,
         assert "\n" not in str(exc.value)
     finally:
         server.shutdown()
+
+
+class _Lying(BaseHTTPRequestHandler):
+    """An S3 endpoint whose ListObjectsV2 answer names a key outside the asked prefix."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = (
+            b'<?xml version="1.0" encoding="UTF-8"?>'
+            b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            b"<Name>qlora-hub-test</Name><Prefix>rv/objects/ab/</Prefix><KeyCount>2</KeyCount>"
+            b"<MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>"
+            b"<Contents><Key>rv/objects/ab/payload</Key><ETag>&quot;1&quot;</ETag><Size>1</Size></Contents>"
+            b"<Contents><Key>rv/names/other/00000000</Key><ETag>&quot;2&quot;</ETag><Size>1</Size></Contents>"
+            b"</ListBucketResult>"
+        )
+        self.send_response(200)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_listing_naming_keys_outside_its_prefix_is_refused(tmp_path, monkeypatch):
+    # the vault deletes what a listing of objects/<id>/ names: never another name's records
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Lying)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("QLORA_HUB_S3_ENDPOINT_URL", f"http://127.0.0.1:{server.server_port}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        store = S3BlobStore("s3://qlora-hub-test/rv", load_settings(tmp_path, hub=Hub()))
+        with pytest.raises(IntegrityError, match="outside the prefix objects/ab/"):
+            store.keys("objects/ab/")
+    finally:
+        server.shutdown()
