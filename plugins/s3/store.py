@@ -25,6 +25,15 @@ from hub.errors import ConfigError, IntegrityError
 from plugins.s3.stream import Reads, StreamedObject
 
 _POOL_LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # a thread of the parent may have held the lock as it forked; it does not exist here
+    global _POOL_LOCK
+    _POOL_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", re.ASCII)
 _CREDENTIAL_CODES = {
     "InvalidAccessKeyId",
@@ -69,7 +78,6 @@ class S3BlobStore:
     """GetObject requests :meth:`get_many` keeps in flight (boto3 clients are thread-safe)."""
 
     def __init__(self, url: str, settings: Any) -> None:
-        import boto3
         from botocore.config import Config
 
         self.url = url
@@ -90,12 +98,29 @@ class S3BlobStore:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        self.client = boto3.session.Session().client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name=settings.get("s3.region") or None,
-            config=config,
-        )
+        self._options = {
+            "endpoint_url": self.endpoint,
+            "region_name": settings.get("s3.region") or None,
+            "config": config,
+        }
+        self._client: tuple[int, Any] | None = None
+        self.client  # noqa: B018 (built now: a bad setting fails here, not on first use)
+
+    @property
+    def client(self) -> Any:
+        """This process's boto3 client. A forked child builds its own: the parent's pooled
+        keep-alive connections are its sockets too, and two processes writing requests
+        and reading answers on one connection would each get the other's bytes."""
+        made = self._client
+        if made is None or made[0] != os.getpid():
+            import boto3
+
+            with _POOL_LOCK:
+                made = self._client
+                if made is None or made[0] != os.getpid():
+                    made = (os.getpid(), boto3.session.Session().client("s3", **self._options))
+                    self._client = made
+        return made[1]
 
     def __repr__(self) -> str:
         return f"S3BlobStore({self.url!r}, endpoint={self.endpoint!r})"

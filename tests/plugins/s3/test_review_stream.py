@@ -91,3 +91,32 @@ def test_a_listing_naming_keys_outside_its_prefix_is_refused(tmp_path, monkeypat
             store.keys("objects/ab/")
     finally:
         server.shutdown()
+
+
+def test_a_forked_child_reads_on_its_own_connections_and_pool(s3_url, tmp_path, s3_hub):
+    import os
+    import time
+
+    import plugins.s3.store as store_module
+
+    store = S3BlobStore(s3_url, load_settings(tmp_path, hub=s3_hub))
+    store.put("names/x/00000000", b"r" * 100)
+    assert store.get("names/x/00000000") == b"r" * 100  # a pooled keep-alive connection
+    assert list(store.get_many(["names/x/00000000"], 1000)) == [b"r" * 100]
+    parent = id(store.client)
+    with store_module._POOL_LOCK:  # another thread of the parent holds it as it forks
+        pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if it read on its own client and pool
+        code = 1
+        try:
+            ok = id(store.client) != parent
+            code = 0 if ok and list(store.get_many(["names/x/00000000"], 1000)) else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0  # hung or shared: not 0
