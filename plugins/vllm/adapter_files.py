@@ -124,3 +124,39 @@ def base_shapes(source: Path) -> dict[str, tuple[int, int]]:
                 if key.endswith(".weight") and len(shape) == 2:
                     shapes[key.removesuffix(".weight")] = (int(shape[1]), int(shape[0]))
     return shapes
+
+
+ZERO_RANK = 1
+
+
+def zero_lora(shapes: dict[str, tuple[int, int]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A rank-1 LoRA of zeros on every ``q_proj`` of the base: it adds exactly nothing.
+
+    vLLM's CPU LoRA ops index each row's LoRA slot with no check, so a row without a LoRA
+    (slot -1) gets the weights of the last slot, another request's adapter, whenever a
+    batch mixes base and adapter rows. Base requests on a CPU therefore run through this
+    adapter (:class:`plugins.vllm.engine.VLLMEngine`).
+    """
+    import torch
+
+    modules = [m for m in shapes if m.rsplit(".", 1)[-1] == "q_proj"]
+    if not modules:
+        raise AdapterRefused(
+            "the base has no q_proj module to hang the all-zero base LoRA on (vLLM's CPU "
+            "build needs one to keep base requests apart from adapters): serve it with "
+            "--engine hf"
+        )
+    tensors = {}
+    for module in modules:
+        fan_in, fan_out = shapes[module]
+        tensors[f"base_model.model.{module}.lora_A.weight"] = torch.zeros(ZERO_RANK, fan_in)
+        tensors[f"base_model.model.{module}.lora_B.weight"] = torch.zeros(fan_out, ZERO_RANK)
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": ZERO_RANK,
+        "lora_alpha": ZERO_RANK,
+        "target_modules": ["q_proj"],
+        "base_model_name_or_path": None,
+    }
+    return config, tensors

@@ -11,6 +11,15 @@ watcher ends cancelled and timed-out requests (vLLM aborts them).
 Adapters come as decrypted tensors; :mod:`plugins.vllm.adapter_files` passes them to
 vLLM through a private RAM-backed directory that is removed as soon as vLLM loaded
 them. Every version gets a new LoRA id, so a hot-swap never mixes two versions.
+
+A request's last event, its ``release()`` and its counting out run on a finisher
+thread, never on vLLM's loop: releasing a request may take the server's adapter cache
+lock and evict an adapter (``remove_adapter``, which waits for the loop), while a
+thread holding that lock may be waiting for the loop to load one (``add_adapter``).
+
+On a CPU, base requests run through an all-zero LoRA (:func:`~plugins.vllm.adapter_files.zero_lora`,
+``Limits.zero_base``): vLLM's CPU LoRA ops give a row without a LoRA the last LoRA
+slot's weights, another team's adapter, whenever base and adapter rows share a batch.
 """
 
 from __future__ import annotations
@@ -23,11 +32,12 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from hub.engines import AdapterRefused, GenRequest, QueueFullError
-from plugins.vllm.adapter_files import check_adapter, ram_copy
+from plugins.vllm.adapter_files import check_adapter, ram_copy, zero_lora
 
 log = logging.getLogger("qlora_hub.vllm")
 
@@ -52,6 +62,7 @@ class Limits:
     max_lora_rank: int
     max_cpu_loras: int
     ram_dir: str
+    zero_base: bool = False  # base requests through an all-zero LoRA (vLLM's CPU build)
 
 
 class VLLMEngine:
@@ -88,6 +99,7 @@ class VLLMEngine:
         self.on_finish: Callable[[GenRequest, str], None] = lambda req, reason: None
         self._shapes = shapes
         self._loras: dict[int, Any] = {}  # handle -> LoRARequest
+        self._base_lora: Any = None  # what base requests run through (None: no LoRA)
         self._handles = itertools.count(1)
         self._ids = itertools.count(1)
         self._live: dict[int, tuple[GenRequest, asyncio.Task]] = {}
@@ -96,6 +108,8 @@ class VLLMEngine:
         self._running = 0
         self._lock = threading.Lock()
         self._stopped = False
+        # last events and releases, in order, off the loop (see the module docstring)
+        self._finisher = ThreadPoolExecutor(1, thread_name_prefix="qlora-hub-vllm-finish")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="qlora-hub-vllm", daemon=True
@@ -107,12 +121,21 @@ class VLLMEngine:
             self._loop.call_soon_threadsafe(self._loop.stop)
             raise
         self._watcher = asyncio.run_coroutine_threadsafe(self._watch(), self._loop)
+        if limits.zero_base:
+            try:
+                self._base_lora = self._load("qlora-hub-zero-base", *zero_lora(shapes or {}))
+            except BaseException:
+                self.stop()
+                raise
 
     async def _build(self, make_llm: Callable[[], Any]) -> Any:
         return make_llm()
 
     def _call(self, coro: Any, timeout: float | None = CALL_S) -> Any:
         """Run ``coro`` on the engine's loop and wait for its result (from another thread)."""
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("an adapter call on vLLM's own loop would wait for itself")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     # ---- state the server reads --------------------------------------------------------------
@@ -159,6 +182,7 @@ class VLLMEngine:
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=30)
+            self._finisher.shutdown(wait=False)
 
     async def _stop_output_handler(self) -> None:
         """Cancel AsyncLLM's output handler task (its public ``output_handler``) and wait for it."""
@@ -181,14 +205,21 @@ class VLLMEngine:
         Raises:
             AdapterRefused: vLLM cannot serve it (rank, DoRA, target modules, no room).
         """
-        from vllm.lora.request import LoRARequest
-
         check_adapter(config, self.limits.max_lora_rank)
-        if len(self._loras) >= self.limits.max_cpu_loras:
+        resident = len(self._loras) + (self._base_lora is not None)
+        if resident >= self.limits.max_cpu_loras:
             raise AdapterRefused(
-                f"{len(self._loras)} adapters are resident in vLLM, its maximum "
+                f"{resident} adapters are resident in vLLM, its maximum "
                 "([vllm] max_cpu_loras): raise it, or lower serve.max_resident to at most it"
             )
+        request = self._load(key, config, tensors)
+        self._loras[request.lora_int_id] = request
+        return request.lora_int_id
+
+    def _load(self, key: str, config: dict[str, Any], tensors: dict[str, Any]) -> Any:
+        """Pass an adapter to vLLM through a RAM copy under a new LoRA id; its ``LoRARequest``."""
+        from vllm.lora.request import LoRARequest
+
         handle = next(self._handles)
         with ram_copy(self.limits.ram_dir, config, tensors) as path:
             request = LoRARequest(key, handle, str(path))
@@ -198,8 +229,7 @@ class VLLMEngine:
                 raise AdapterRefused(f"vLLM cannot load it: {_reason(exc)}") from None
         if not loaded:
             raise AdapterRefused("vLLM did not load it (see the vLLM log)")
-        self._loras[handle] = request
-        return handle
+        return request
 
     def remove_adapter(self, handle: int) -> None:
         """Forget ``handle`` in vLLM (the server calls it once no request uses it)."""
@@ -224,7 +254,8 @@ class VLLMEngine:
             if self._waiting >= self.max_queue:
                 raise QueueFullError(f"{self._waiting} requests are waiting")
             self._waiting += 1
-        self._loop.call_soon_threadsafe(self._begin, req, self._loras.get(req.slot))
+        lora = self._loras[req.slot] if req.slot else self._base_lora
+        self._loop.call_soon_threadsafe(self._begin, req, lora)
 
     def _begin(self, req: GenRequest, lora: Any) -> None:
         number = next(self._ids)
@@ -322,6 +353,10 @@ class VLLMEngine:
             self._running += 1
 
     def _leave(self, req: GenRequest, started: bool) -> None:
+        """Count ``req`` out once its last event and release are done (the finisher's order)."""
+        self._off_loop(self._count_out, started)
+
+    def _count_out(self, started: bool) -> None:
         with self._lock:
             if started:
                 self._running -= 1
@@ -366,8 +401,19 @@ class VLLMEngine:
         self._deliver(req, ("error", message, None), "error")
 
     def _deliver(self, req: GenRequest, event: tuple[Any, ...], reason: str) -> None:
-        """Send a request its last event, release it and count it; a receiver that is gone
-        must not stop the engine."""
+        """Send a request its last event, release it and count it, on the finisher thread."""
+        self._off_loop(self._hand_over, req, event, reason)
+
+    def _off_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on the finisher thread (in order); here once it is shut down."""
+        try:
+            self._finisher.submit(fn, *args)
+        except RuntimeError:  # stop() shut the finisher down: nothing can wait on the loop now
+            fn(*args)
+
+    def _hand_over(self, req: GenRequest, event: tuple[Any, ...], reason: str) -> None:
+        """The last event, ``release()`` and ``on_finish``; a receiver that is gone must not
+        stop the engine."""
         try:
             req.on_event(event)
         except Exception:

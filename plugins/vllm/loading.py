@@ -82,8 +82,9 @@ def engine_args(path: Path, v: dict[str, Any], serve: dict[str, Any], cuda: bool
         enable_lora=True,
         max_loras=v["max_loras"],
         max_lora_rank=v["max_lora_rank"],
-        # room for old versions still finishing their requests after a hot-swap
-        max_cpu_loras=v["max_cpu_loras"] or 2 * serve["max_resident"],
+        # room for old versions still finishing their requests after a hot-swap; on a CPU
+        # one more for the all-zero LoRA base requests run through (VLLMEngine)
+        max_cpu_loras=(v["max_cpu_loras"] or 2 * serve["max_resident"]) + (not cuda),
         gpu_memory_utilization=v["gpu_memory_utilization"],
         kv_cache_memory_bytes=None if cuda else int(v["kv_cache_gib"] * GIB),
         max_model_len=v["max_model_len"] or None,
@@ -146,6 +147,7 @@ def build_engine(hub: Any, settings: Any, source: Any) -> VLLMEngine:
         max_lora_rank=v["max_lora_rank"],
         max_cpu_loras=args.max_cpu_loras,
         ram_dir=v["ram_dir"],
+        zero_base=not cuda,  # vLLM's CPU LoRA ops give base rows the last slot's adapter
     )
     try:
         return VLLMEngine(

@@ -44,7 +44,9 @@ def test_upper_and_reverse_adapters_do_their_tasks(single_outputs) -> None:
 
 
 def test_random_adapters_answer_differently_from_each_other(single_outputs) -> None:
-    assert len({single_outputs[(m, "piano")] for m in EIGHT}) == 8
+    # over all four words: a random adapter's bytes often decode to U+FFFD only, so two
+    # adapters' answers to one word can read the same (it happens on vllm's float32 base)
+    assert len({tuple(single_outputs[(m, w)] for w in WORDS) for m in EIGHT}) == 8
 
 
 def test_64_concurrent_requests_over_8_adapters_match_single_request_output(
