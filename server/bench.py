@@ -159,7 +159,7 @@ def run_bench(
 
             base = Path(tmp) / "base"
             build_base(base)
-        settings = load_settings(home)
+        settings = load_settings(home, hub=hub)  # plugin tables too ([vllm] from the environment)
         settings.override("serve.rate_limit_per_minute", 1_000_000)
         settings.override("serve.max_batch", max(clients, 1))
         store, backend = _publish(hub, home, base, settings)
