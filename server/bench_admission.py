@@ -26,6 +26,7 @@ BURST_CLIENT = r"""
 import asyncio, json, sys, time
 
 host, port, key, n, model = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+SETTLE_S = float(sys.argv[6])
 body = json.dumps({"model": model, "prompt": "apple:", "max_tokens": 4, "temperature": 0}).encode()
 request = (
     f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
@@ -63,7 +64,7 @@ async def main():
         client = Client(loop.create_future())
         await loop.create_connection(lambda: client, host, port)
         clients.append(client)
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(SETTLE_S)  # the server accepts all of them before any request
     for client in clients:  # every request written in one pass of the loop
         client.send()
     await asyncio.gather(*(c.done for c in clients))
@@ -134,11 +135,18 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
 
 
-def burst(url: str, key: str, model: str, n: int = 1000) -> dict[str, Any]:
-    """``n`` simultaneous completions; latency of the 429 answers and how many there were."""
+def burst(url: str, key: str, model: str, n: int = 1000, settle_s: float = 2.0) -> dict[str, Any]:
+    """``n`` simultaneous completions; latency of the 429 answers and how many there were.
+
+    The ``n`` connections are opened first and left ``settle_s`` seconds before any request
+    is written: the kernel completes a connection before the server's loop has accepted it
+    (uvicorn's per-connection set-up, 0.2 ms or more each), so with too short a pause the
+    requests' clocks would start while the server still accepts the connections opened
+    just before, and the figure would time the accept backlog, not the answers.
+    """
     host, port = url.removeprefix("http://").split(":")
     out = subprocess.run(
-        [sys.executable, "-c", BURST_CLIENT, host, port, key, str(n), model],
+        [sys.executable, "-c", BURST_CLIENT, host, port, key, str(n), model, str(settle_s)],
         capture_output=True,
         text=True,
         timeout=600,
