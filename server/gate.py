@@ -16,6 +16,7 @@ path writes, logged and counted the same way.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import time
@@ -56,6 +57,10 @@ class AdmissionGate:
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": body, "more_body": False})
                 return
+            if "leave" in scope["state"]:
+                # an admitted generation request lets the loop read the sockets once more
+                # before its handler's work: refusals that arrived with it go out first
+                await asyncio.sleep(0)
         await self.app(scope, receive, send)
 
 
