@@ -129,8 +129,8 @@ def _httptools_protocol() -> type | None:
             super().on_headers_complete()
 
         def _gated(self) -> bool:
-            """Whether the protocol's gate decides this request: only one uvicorn starts at
-            once. A request pipelined behind one still being answered, an upgrade, or one
+            """Whether the protocol's gate decides this request: only a request uvicorn
+            starts at once does. A request pipelined behind one still being answered, an upgrade, or one
             past ``limit_concurrency`` (uvicorn's 503) is left to the app's own gate, which
             runs if and when the request does: a queue place taken here would never be
             given back (no ASGI task, no ``on_close``), and a refusal written here would
