@@ -30,27 +30,37 @@ _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _MAX_DEPTH = 8
 
 
+def write_temp(folder: int, leaf: str, data: bytes, mode: int) -> str:
+    """Write ``data`` to a new temp file next to ``leaf`` in the open folder ``folder``
+    (``O_EXCL | O_NOFOLLOW``, fsynced); returns its name, for the caller to link or rename
+    into place and then remove. A failed write removes the temp file before raising."""
+    tmp = f".{leaf}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=folder)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(out, view) :]
+        os.fsync(out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=folder)
+        raise
+    finally:
+        os.close(out)
+    return tmp
+
+
 def write_once(folder: int, leaf: str, data: bytes, mode: int) -> bool:
     """Create ``leaf`` in the open folder ``folder`` holding ``data``, unless it exists;
     True if this call created it.
 
-    The bytes go to a new temp file (``O_EXCL | O_NOFOLLOW``), are fsynced, and the
-    file is hard-linked into place (``link`` never follows a link and fails when the
-    name exists, so no reader sees half a file and two writers never both win); the
-    folder is fsynced after. The temp file is always removed.
+    The bytes go to a new temp file (:func:`write_temp`), and the file is hard-linked
+    into place (``link`` never follows a link and fails when the name exists, so no
+    reader sees half a file and two writers never both win); the folder is fsynced
+    after. The temp file is always removed.
     """
-    tmp = f".{leaf}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    tmp = write_temp(folder, leaf, data, mode)
     try:
-        out = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=folder
-        )
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(out, view) :]
-            os.fsync(out)
-        finally:
-            os.close(out)
         try:
             os.link(tmp, leaf, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
         except FileExistsError:

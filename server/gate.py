@@ -67,9 +67,14 @@ class AdmissionGate:
 def error_response(exc: APIError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Status, headers and body of the gate's answer ``exc``, in OpenAI's error shape as the
     app's exception handler writes it."""
-    extra = tuple((str(k), str(v)) for k, v in (exc.headers or {}).items())
-    status, headers, body, _ = _rendered(exc.status_code, exc.detail, extra)
+    status, headers, body, _ = _rendered_error(exc)
     return status, list(headers), body
+
+
+def _rendered_error(exc: APIError) -> tuple[int, tuple[tuple[bytes, bytes], ...], bytes, bytes]:
+    """:func:`_rendered` for ``exc``."""
+    extra = tuple((str(k), str(v)) for k, v in (exc.headers or {}).items())
+    return _rendered(exc.status_code, exc.detail, extra)
 
 
 @functools.lru_cache(maxsize=64)
@@ -121,8 +126,7 @@ class ProtocolGate:
             return None
         rid = request_id_from(scope["headers"])
         scope["state"]["request_id"] = rid
-        extra = tuple((str(k), str(v)) for k, v in (exc.headers or {}).items())
-        status, _, body, head = _rendered(exc.status_code, exc.detail, extra)
+        status, _, body, head = _rendered_error(exc)
         lines = [head]
         for name, value in default_headers:  # uvicorn's server and date
             lines += [name, b": ", value, b"\r\n"]

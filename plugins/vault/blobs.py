@@ -24,10 +24,9 @@ from hub.blobs import (  # noqa: F401  (re-exported: the vault's modules import 
     register_blob_scheme,
 )
 from hub.errors import IntegrityError
-from hub.record_files import write_once
+from hub.record_files import write_once, write_temp
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-_NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 MAX_DEPTH = 16
 """Folders a key may have (``objects/<id>/keys/<team>`` has three); deeper trees are refused."""
 
@@ -163,22 +162,15 @@ class FileBlobStore:
         *parts, name = check_key(key).split("/")
         folder = self._open_dir(parts, key, create=True)
         assert folder is not None
-        tmp = f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
         try:
-            fd = os.open(tmp, _NEW_FLAGS, 0o600, dir_fd=folder)
+            tmp = write_temp(folder, name, data, 0o600)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
-            os.fsync(folder)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=folder)
-            raise
+                os.rename(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+                os.fsync(folder)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=folder)
+                raise
         finally:
             os.close(folder)
 

@@ -43,7 +43,14 @@ def served(small_home, embedded_base):
     counter = CountingApp(app.asgi_handler)
     app.asgi_handler = counter
     server, thread, url = start_uvicorn(app)
-    yield {"url": url, "state": state, "counter": counter, "keys": small_home["keys"], "app": app}
+    yield {
+        "url": url,
+        "state": state,
+        "counter": counter,
+        "keys": small_home["keys"],
+        "app": app,
+        "server": server,
+    }
     server.should_exit = True
     thread.join(timeout=30)
 
@@ -185,3 +192,23 @@ def test_a_refusal_pipelined_behind_a_running_request_waits_for_its_answer(serve
     assert second.startswith(b"HTTP/1.1 401 Unauthorized\r\n")
     body = split(answer[: answer.index(b"HTTP/1.1 ", 1)])[2]
     assert json.loads(body)["usage"]["completion_tokens"] == 4
+
+
+def test_a_503_past_limit_concurrency_takes_no_queue_place(served) -> None:
+    state, key = served["state"], served["keys"]["alpha"]
+    served["server"].config.limit_concurrency = 1  # this connection alone reaches the cap
+    try:
+        answers = [exchange(served["url"], post("/v1/completions", key, b"{}")) for _ in range(3)]
+    finally:
+        served["server"].config.limit_concurrency = None
+    assert {split(a)[0] for a in answers} == {"HTTP/1.1 503 Service Unavailable"}
+    assert state.admission.holding == 0  # was 3: admitted by the protocol, never given back
+
+
+def test_a_request_pipelined_behind_a_closing_one_takes_no_queue_place(served) -> None:
+    key = served["keys"]["alpha"]
+    good = json.dumps({"model": "r0", "prompt": "hi", "max_tokens": 1}).encode()
+    # the first asks to close: uvicorn never starts the second, so nothing may admit it
+    answer = exchange(served["url"], post("/v1/completions", key, good) * 2)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.count(b"HTTP/1.1 ") == 1
+    assert served["state"].admission.holding == 0

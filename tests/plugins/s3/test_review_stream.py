@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -37,20 +38,26 @@ class _Chunked(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_payload_without_a_length_is_refused_before_its_body_is_read(tmp_path, monkeypatch):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Chunked)
+@contextlib.contextmanager
+def _store_on(handler, tmp_path, monkeypatch):
+    """An ``S3BlobStore`` whose endpoint is a loopback HTTP server answering with ``handler``."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         monkeypatch.setenv("QLORA_HUB_S3_ENDPOINT_URL", f"http://127.0.0.1:{server.server_port}")
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        store = S3BlobStore("s3://qlora-hub-test/rv", load_settings(tmp_path, hub=Hub()))
+        yield S3BlobStore("s3://qlora-hub-test/rv", load_settings(tmp_path, hub=Hub()))
+    finally:
+        server.shutdown()
+
+
+def test_a_payload_without_a_length_is_refused_before_its_body_is_read(tmp_path, monkeypatch):
+    with _store_on(_Chunked, tmp_path, monkeypatch) as store:
         # before: the whole body was read into memory, however long the endpoint made it
         with pytest.raises(IntegrityError, match="no Content-Length") as exc:
             store.view("objects/ab/payload")
         assert "\n" not in str(exc.value)
-    finally:
-        server.shutdown()
 
 
 class _Lying(BaseHTTPRequestHandler):
@@ -80,17 +87,11 @@ class _Lying(BaseHTTPRequestHandler):
 
 def test_a_listing_naming_keys_outside_its_prefix_is_refused(tmp_path, monkeypatch):
     # the vault deletes what a listing of objects/<id>/ names: never another name's records
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Lying)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("QLORA_HUB_S3_ENDPOINT_URL", f"http://127.0.0.1:{server.server_port}")
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        store = S3BlobStore("s3://qlora-hub-test/rv", load_settings(tmp_path, hub=Hub()))
-        with pytest.raises(IntegrityError, match="outside the prefix objects/ab/"):
-            store.keys("objects/ab/")
-    finally:
-        server.shutdown()
+    with (
+        _store_on(_Lying, tmp_path, monkeypatch) as store,
+        pytest.raises(IntegrityError, match="outside the prefix objects/ab/"),
+    ):
+        store.keys("objects/ab/")
 
 
 def test_a_forked_child_reads_on_its_own_connections_and_pool(s3_url, tmp_path, s3_hub):
