@@ -82,18 +82,18 @@ class AccessLogMiddleware:
         route = scope.get("route_handler")
         path_template = getattr(route, "paths", None)
         path = sorted(path_template)[0] if path_template else state.get("route", UNKNOWN_PATH)
-        record = {
-            "event": "access",
-            "request_id": state["request_id"],
-            "method": scope["method"],
-            "path": path,
-            "status": status,
-            "ms": round(seconds * 1000, 1),
-            **state.get("log", {}),
-        }
-        if path == UNKNOWN_PATH:
-            record["unknown_path"] = scope["path"][:200]
-        if log.isEnabledFor(logging.INFO):
+        if log.isEnabledFor(logging.INFO):  # a burst of refusals with the log off builds nothing
+            record = {
+                "event": "access",
+                "request_id": state["request_id"],
+                "method": scope["method"],
+                "path": path,
+                "status": status,
+                "ms": round(seconds * 1000, 1),
+                **state.get("log", {}),
+            }
+            if path == UNKNOWN_PATH:
+                record["unknown_path"] = scope["path"][:200]
             log.info(json.dumps(record))
         if self.observe:
             self.observe(path, status, seconds)

@@ -24,7 +24,7 @@ from http import HTTPStatus
 from typing import Any
 
 from server.accesslog import request_id_from
-from server.errors import APIError
+from server.state import Refusal
 
 GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
 
@@ -35,25 +35,20 @@ class AdmissionGate:
     def __init__(self, app: Any, state: Any) -> None:
         self.app, self.state = app, state
 
-    def refusal(self, scope: dict) -> APIError | None:
+    def refusal(self, scope: dict) -> Refusal | None:
         """The 401/429 for a generation request ``scope`` whose key, rate or queue place is
         refused; ``None`` when it may go on (its caller and queue place are then in
         ``scope["state"]``) or when it is not a generation request."""
         if scope["method"] != "POST" or scope["path"] not in GENERATION_PATHS:
             return None
         scope["state"]["route"] = scope["path"]
-        try:
-            self.state.caller_of(scope)
-            self.state.admit_scope(scope)
-        except APIError as exc:
-            return exc
-        return None
+        return self.state.check_caller(scope) or self.state.check_admission(scope)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            exc = self.refusal(scope)
-            if exc is not None:
-                status, headers, body = error_response(exc)
+            refused = self.refusal(scope)
+            if refused is not None:
+                status, headers, body = error_response(refused)
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": body, "more_body": False})
                 return
@@ -64,25 +59,18 @@ class AdmissionGate:
         await self.app(scope, receive, send)
 
 
-def error_response(exc: APIError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Status, headers and body of the gate's answer ``exc``, in OpenAI's error shape as the
-    app's exception handler writes it."""
-    status, headers, body, _ = _rendered_error(exc)
+def error_response(refused: Refusal) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers and body of the gate's answer ``refused``, in OpenAI's error shape as
+    the app's exception handler writes it."""
+    status, headers, body, _ = _rendered(refused)
     return status, list(headers), body
 
 
-def _rendered_error(exc: APIError) -> tuple[int, tuple[tuple[bytes, bytes], ...], bytes, bytes]:
-    """:func:`_rendered` for ``exc``."""
-    extra = tuple((str(k), str(v)) for k, v in (exc.headers or {}).items())
-    return _rendered(exc.status_code, exc.detail, extra)
-
-
-@functools.lru_cache(maxsize=64)
-def _rendered(
-    status: int, message: str, extra: tuple[tuple[str, str], ...]
-) -> tuple[int, tuple[tuple[bytes, bytes], ...], bytes, bytes]:
+@functools.lru_cache(maxsize=128)
+def _rendered(refused: Refusal) -> tuple[int, tuple[tuple[bytes, bytes], ...], bytes, bytes]:
     """Status, headers, body, and the status line and headers as HTTP/1.1 bytes (the gate's
     answers are a handful of fixed messages: each is rendered once)."""
+    status, message = refused.status, refused.message
     body = json.dumps(
         {
             "error": {
@@ -100,7 +88,7 @@ def _rendered(
         # the request's body is never read: close rather than receive it for nothing
         (b"connection", b"close"),
     ]
-    headers += [(k.lower().encode(), v.encode()) for k, v in extra]
+    headers += [(k.lower().encode(), v.encode()) for k, v in refused.headers]
     head = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()
     head += b"".join(name + b": " + value + b"\r\n" for name, value in headers)
     return status, tuple(headers), body, head
@@ -121,12 +109,12 @@ class ProtocolGate:
         """The refusal for ``scope`` as bytes to write, or ``None`` (see the class)."""
         started = time.perf_counter()
         scope.setdefault("state", {})
-        exc = self.gate.refusal(scope)
-        if exc is None:
+        refused = self.gate.refusal(scope)
+        if refused is None:
             return None
         rid = request_id_from(scope["headers"])
         scope["state"]["request_id"] = rid
-        status, _, body, head = _rendered_error(exc)
+        status, _, body, head = _rendered(refused)
         lines = [head]
         for name, value in default_headers:  # uvicorn's server and date
             lines += [name, b": ", value, b"\r\n"]

@@ -131,6 +131,10 @@ class ServerMetrics:
             ["reason"],
             registry=r,
         )
+        self._refused = {
+            reason: self.rejected.labels(reason)
+            for reason in ("unauthorized", "rate_limited", "queue_full")
+        }
         self.queue_depth = Gauge(
             "qlora_hub_queue_depth", "Requests waiting to join the batch", registry=r
         )
@@ -154,6 +158,12 @@ class ServerMetrics:
         self.active_rows.set_function(active_rows)
         self.resident.set_function(resident)
         self.resident_bytes.set_function(resident_bytes)
+
+    def refused(self, reason: str) -> None:
+        """Count a request refused before any work (``unauthorized``, ``rate_limited`` or
+        ``queue_full``; the children are bound once: a burst of refusals counts each in
+        a dictionary lookup and an increment)."""
+        self._refused[reason].inc()
 
     def observe_finish(self, req: Any, reason: str) -> None:
         """Count a request that left the engine (an ``Engine.on_finish`` callback; engine thread)."""

@@ -6,6 +6,7 @@ imports neither of them.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,40 @@ from server.auth import Admission, Caller, KeyStore, RateLimiter
 from server.cache import AdapterCache
 from server.errors import APIError
 from server.metrics import ServerMetrics
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A request refused before any work: its status, message, extra headers, and the
+    ``reason`` label it is counted under in ``qlora_hub_rejected_requests``."""
+
+    status: int
+    message: str
+    reason: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def error(self) -> APIError:
+        """The refusal as the exception the handlers raise."""
+        return APIError(self.status, self.message, headers=dict(self.headers) or None)
+
+
+UNAUTHORIZED = Refusal(
+    401, "missing or invalid API key: send Authorization: Bearer <key>", "unauthorized"
+)
+QUEUE_FULL = Refusal(
+    429, "the server is at capacity; retry shortly", "queue_full", (("Retry-After", "1"),)
+)
+
+
+@functools.lru_cache(maxsize=64)
+def rate_limited(retry_after_s: int) -> Refusal:
+    """The 429 for a key past its rate limit, ``retry_after_s`` seconds before its next token."""
+    return Refusal(
+        429,
+        "rate limit exceeded for this API key",
+        "rate_limited",
+        (("Retry-After", str(retry_after_s)),),
+    )
 
 
 @dataclass
@@ -54,28 +89,35 @@ class ServerState:
         Checked once per request (the rate limit spends one token): later calls for the
         same scope return the same caller.
         """
-        if "caller" in scope["state"]:
-            return scope["state"]["caller"]
-        header = next(
-            (v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"authorization"),
-            "",
-        )
-        scheme, _, key = header.partition(" ")
+        refused = self.check_caller(scope)
+        if refused is not None:
+            raise refused.error()
+        return scope["state"]["caller"]
+
+    def check_caller(self, scope: dict) -> Refusal | None:
+        """:meth:`caller_of` without raising: the refusal (401, or 429 for the key's rate
+        limit), or ``None`` with the caller in ``scope["state"]["caller"]``. The admission
+        gate answers a burst of refusals through this, so it builds no exception."""
+        state = scope["state"]
+        if "caller" in state:
+            return None
+        header = b""
+        for name, value in scope["headers"]:
+            if name.lower() == b"authorization":
+                header = value
+                break
+        scheme, _, key = header.decode("latin-1").partition(" ")
         caller = self.keys.lookup(key.strip()) if scheme.lower() == "bearer" else None
         if caller is None:
-            self.metrics.rejected.labels("unauthorized").inc()
-            raise APIError(401, "missing or invalid API key: send Authorization: Bearer <key>")
+            self.metrics.refused(UNAUTHORIZED.reason)
+            return UNAUTHORIZED
         wait = self.limiter.take(caller.key_id)
         if wait > 0:
-            self.metrics.rejected.labels("rate_limited").inc()
-            raise APIError(
-                429,
-                "rate limit exceeded for this API key",
-                headers={"Retry-After": str(int(wait) + 1)},
-            )
-        scope["state"]["caller"] = caller
-        scope["state"].setdefault("log", {}).update(team=caller.team, key_id=caller.key_id)
-        return caller
+            self.metrics.refused("rate_limited")
+            return rate_limited(int(wait) + 1)
+        state["caller"] = caller
+        state.setdefault("log", {}).update(team=caller.team, key_id=caller.key_id)
+        return None
 
     def admit(self, request: Request) -> Callable[[], None]:
         """Take a place in the engine's queue before the body is read; 429 when it is full.
@@ -87,17 +129,24 @@ class ServerState:
 
     def admit_scope(self, scope: dict) -> Callable[[], None]:
         """:meth:`admit` for an ASGI scope (once per request, like :meth:`caller_of`)."""
-        if "leave" in scope["state"]:
-            return scope["state"]["leave"]
+        refused = self.check_admission(scope)
+        if refused is not None:
+            raise refused.error()
+        return scope["state"]["leave"]
+
+    def check_admission(self, scope: dict) -> Refusal | None:
+        """:meth:`admit_scope` without raising: :data:`QUEUE_FULL`, or ``None`` with the
+        place's ``leave`` in ``scope["state"]["leave"]`` (also run when the exchange ends)."""
+        state = scope["state"]
+        if "leave" in state:
+            return None
         leave = self.admission.enter()
         if leave is None:
-            self.metrics.rejected.labels("queue_full").inc()
-            raise APIError(
-                429, "the server is at capacity; retry shortly", headers={"Retry-After": "1"}
-            )
-        scope["state"]["leave"] = leave
+            self.metrics.refused(QUEUE_FULL.reason)
+            return QUEUE_FULL
+        state["leave"] = leave
         on_close(scope, leave)
-        return leave
+        return None
 
     def admin(self, request: Request) -> Caller:
         """Like :meth:`authenticate`, and 403 unless the key is an admin key."""

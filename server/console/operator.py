@@ -54,7 +54,7 @@ def _caller(srv: Any, request: Request) -> Any:
     else:
         return None
     if caller is None:
-        srv.metrics.rejected.labels("unauthorized").inc()
+        srv.metrics.refused("unauthorized")
     return caller
 
 

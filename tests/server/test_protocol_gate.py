@@ -212,3 +212,33 @@ def test_a_request_pipelined_behind_a_closing_one_takes_no_queue_place(served) -
     answer = exchange(served["url"], post("/v1/completions", key, good) * 2)
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.count(b"HTTP/1.1 ") == 1
     assert served["state"].admission.holding == 0
+
+
+def test_the_heap_built_at_start_up_is_frozen_while_the_app_runs_and_released_at_shutdown(
+    small_home, embedded_base
+) -> None:
+    """A full collection over the loaded base (about 250 ms with the lock held) would stall
+    every request on the loop: start-up freezes what it built, shutdown lets it go."""
+    import gc
+
+    from litestar.testing import TestClient
+
+    from hub.config import load_settings
+    from server.app import build_state, create_app
+
+    settings = load_settings(small_home["home"])
+    settings.override("hub.storage", "local")
+    hub = small_home["hub"]
+    state = build_state(hub, settings, embedded_base, small_home["store"], identity="server")
+    app = create_app(state, hub)
+    gc.unfreeze()  # whatever another server left frozen does not count here
+    assert gc.get_freeze_count() == 0
+    with TestClient(app) as client:
+        assert client.get("/health").status_code == 200
+        assert gc.get_freeze_count() > 10_000
+        # the state and the base's modules are out of the collector's generations
+        tracked = {id(o) for o in gc.get_objects()}
+        assert id(state) not in tracked
+        assert id(state.engine) not in tracked
+    assert gc.get_freeze_count() == 0
+    assert id(state) in {id(o) for o in gc.get_objects()}
