@@ -213,6 +213,34 @@ class EngineContract:
             engine.remove_adapter(a)
             engine.remove_adapter(b)
 
+    def test_a_base_row_batched_with_adapter_rows_decodes_as_the_base_alone(
+        self, engine, engine_base: Path
+    ) -> None:
+        """A base row decoded in one batch with four adapters' rows is the base's text
+        alone: no team's adapter reaches a row that asked for none (vLLM's CPU LoRA ops
+        gave such a row the last slot's adapter)."""
+        alone, alone_out = self.request(engine, 0, max_tokens=8)
+        engine.submit(alone)
+        assert alone_out.done.wait(WAIT_S), "the request never ended"
+        handles = [self.add(engine, engine_base, f"mixed-{i}", seed=60 + i) for i in range(4)]
+        try:
+            rows = [self.request(engine, h, max_tokens=8) for h in handles * 2]
+            for req, _ in rows[:4]:
+                engine.submit(req)
+            base, base_out = self.request(engine, 0, max_tokens=8)
+            engine.submit(base)
+            for req, _ in rows[4:]:
+                engine.submit(req)
+            for _, out in [*rows, (base, base_out)]:
+                assert out.done.wait(WAIT_S), "a request never ended"
+        finally:
+            for handle in handles:
+                engine.remove_adapter(handle)
+        with_adapters = {tuple(req.generated) for req, _ in rows}
+        assert len(with_adapters) == 4  # the adapters were applied, each its own
+        assert base.generated == alone.generated
+        assert tuple(base.generated) not in with_adapters
+
     def test_a_removed_adapter_makes_room_for_another(
         self, engine: Engine, engine_base: Path
     ) -> None:
