@@ -8,6 +8,7 @@ import contextlib
 import http.client
 import itertools
 import mmap
+import os
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -55,9 +56,16 @@ class StreamedObject:
     microseconds on this kind of virtual machine). A block is allocated only when the
     bytes before it have arrived, so a length the server claims is never allocated up
     front. Where the HTTP layer allows it, the socket reads straight into the ring (no
-    copy). A view returned by :meth:`read_at` stays valid until the next call; reads
-    move forward only. A body shorter than its ``Content-Length``, a dropped connection
-    or a failed transport checksum is an error on the read that needs the missing bytes.
+    copy). A view returned by :meth:`read_at` stays valid until the next call (or
+    :meth:`close`); reads move forward only. A body shorter than its ``Content-Length``,
+    a dropped connection or a failed transport checksum is an error on the read that
+    needs the missing bytes.
+
+    Once closed and its download over, its blocks go back to a small process-wide
+    spare list (:data:`SPARE_BYTES`) that the next download takes them from: their
+    pages stay mapped, where fresh blocks cost a page fault per page written (a 16 MiB
+    body took 25-30 ms to arrive into fresh blocks, 15 ms into spare ones, as fast as
+    boto3's own read). A download only ever hands out bytes it received itself.
     """
 
     block = 8 << 20
@@ -74,6 +82,7 @@ class StreamedObject:
         self._released = 0  # bytes before this offset are no longer read: their slots are free
         self._error: Exception | None = None
         self._done = self._stop = False
+        self._shutdown = getattr(getattr(body, "_raw_stream", None), "shutdown", None)
         self._cond = threading.Condition()
         self._thread = threading.Thread(
             target=self._download, args=(body, fail), name="s3-body", daemon=True
@@ -108,8 +117,8 @@ class StreamedObject:
             if self._stop:
                 return memoryview(b"")
         slot = index % self.slots
-        if slot == len(self._ring):  # bytes up to this block arrived: allocate it now
-            self._ring.append(_anonymous(min(self.block, self.size - index * self.block)))
+        if slot == len(self._ring):  # bytes up to this block arrived: take a block now
+            self._ring.append(_SPARE.take(self.block))
         end = min(len(self._ring[slot]), self.size - index * self.block)
         return memoryview(self._ring[slot])[off:end]
 
@@ -129,14 +138,15 @@ class StreamedObject:
                     self._have = have
                     self._cond.notify_all()
         except Exception as exc:  # a connection dropped, a checksum failed
-            error = fail(exc)
+            error = fail(exc) if not self._stop else exc
             with self._cond:
                 self._error = error
         finally:
-            body.close()
-            with self._cond:
+            with self._cond:  # before the body closes: close() shuts no released socket
                 self._done = True
                 self._cond.notify_all()
+                self._recycle()
+            body.close()
 
     def _wait(self, end: int) -> None:
         """Until byte ``end - 1`` arrived; the store's error, or IntegrityError when the body
@@ -159,6 +169,8 @@ class StreamedObject:
         have arrived; valid until the next call."""
         if pos < self._released or n < 0:
             raise ValueError(f"read_at({pos}, {n}): a streamed object is read front to back")
+        if self._stop:
+            raise ValueError(f"read_at({pos}, {n}): the streamed object {self.key} is closed")
         if pos + n > self.size:
             raise IntegrityError(
                 f"blob {self.key} came back shorter than its {self.size:,} bytes: try again"
@@ -184,10 +196,64 @@ class StreamedObject:
         return memoryview(out)
 
     def close(self) -> None:
-        """Stop downloading (what has not arrived is dropped); idempotent."""
+        """Stop downloading (what has not arrived is dropped), also when the download is
+        blocked on the socket (shut down for reading: it wakes at once, not after
+        ``s3.read_timeout_s``); its blocks become spare once the download is over.
+        Idempotent."""
         with self._cond:
             self._stop = True
             self._cond.notify_all()
+            if not self._done and self._shutdown is not None:
+                # urllib3 2.3+; the download thread closes the body only after _done is set
+                # under this lock, so this socket is still this response's
+                with contextlib.suppress(Exception):
+                    self._shutdown()
+            self._recycle()
+
+    def _recycle(self) -> None:
+        """Hand the ring to the spare list once closed and downloaded (``_cond`` held)."""
+        if self._stop and self._done and self._ring:
+            ring, self._ring = self._ring, []
+            _SPARE.give(ring, self.block)
+
+
+class _Spare:
+    """Ring blocks of finished downloads, by size, up to ``limit`` bytes in all."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = limit, 0
+        self._free: dict[int, list[Any]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> Any:
+        with self._lock:
+            blocks = self._free.get(size)
+            if blocks:
+                self.held -= size
+                return blocks.pop()
+        return _anonymous(size)
+
+    def give(self, blocks: list[Any], size: int) -> None:
+        with self._lock:
+            for block in blocks:
+                if self.held + size > self.limit:
+                    return
+                self._free.setdefault(size, []).append(block)
+                self.held += size
+
+
+SPARE_BYTES = StreamedObject.slots * StreamedObject.block
+"""Ring blocks a process keeps mapped between downloads: one ring (32 MiB)."""
+_SPARE = _Spare(SPARE_BYTES)
+
+
+def _after_fork_in_child() -> None:
+    # a thread of the parent may have held the lock as it forked
+    global _SPARE
+    _SPARE = _Spare(SPARE_BYTES)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _anonymous(n: int) -> Any:

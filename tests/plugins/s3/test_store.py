@@ -254,6 +254,68 @@ def test_closing_a_streamed_object_stops_a_download_waiting_for_the_reader():
     assert not view._thread.is_alive()
 
 
+def test_a_closed_objects_blocks_serve_the_next_download_never_its_bytes():
+    import os
+
+    first = StreamedObject("objects/ab/payload", _Bytes(os.urandom(3000)), 3000, None, block=1000)
+    assert len(first.read_at(2000, 1000)) == 1000
+    first._thread.join(5)
+    blocks = list(first._ring)
+    first.close()
+    with pytest.raises(ValueError, match="is closed"):
+        first.read_at(2500, 10)
+    # the next download writes into the same (already mapped) blocks...
+    data = os.urandom(1500)
+    second = StreamedObject("objects/cd/payload", _Bytes(data), 1500, None, block=1000)
+    assert bytes(second.read_at(0, 1500)) == data
+    assert any(block is mine for block in blocks for mine in second._ring)
+    second.close()
+    # ...and hands out only bytes it received: the 3000 - 10 the server held back are
+    # an error, not the last download's bytes still in the block
+    short = StreamedObject("objects/ef/payload", _Bytes(b"z" * 10), 3000, lambda e: e, block=1000)
+    with pytest.raises(IntegrityError, match="came back shorter"):
+        short.read_at(0, 20)
+    short.close()
+
+
+class _Stalling(BaseHTTPRequestHandler):
+    """An S3 endpoint that sends an object's headers and first bytes, then stalls."""
+
+    protocol_version = "HTTP/1.1"
+    release = threading.Event()
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(1 << 20))
+        self.end_headers()
+        self.wfile.write(b"z" * 10)
+        self.wfile.flush()
+        self.release.wait(30)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_closing_a_streamed_object_wakes_a_download_blocked_on_the_socket(tmp_path, monkeypatch):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Stalling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("QLORA_HUB_S3_ENDPOINT_URL", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    try:
+        store = S3BlobStore("s3://qlora-hub-test/st", load_settings(tmp_path, hub=Hub()))
+        view = store.view("objects/ab/payload")
+        time.sleep(0.2)  # the download got 10 bytes, and its socket read now blocks
+        t0 = time.monotonic()
+        view.close()
+        view._thread.join(10)
+        # before: the thread slept in recv until s3.read_timeout_s (60 s)
+        assert not view._thread.is_alive() and time.monotonic() - t0 < 2
+    finally:
+        _Stalling.release.set()
+        server.shutdown()
+
+
 def test_get_many_reads_in_order_concurrently_and_bounded(s3_url, tmp_path, s3_hub):
     import threading
 
