@@ -51,7 +51,9 @@ class AccessLogMiddleware:
         rid = request_id_from(scope.get("headers", []))
         state = scope.setdefault("state", {})
         state["request_id"] = rid
-        state["log"] = {}
+        # kept when serve's protocol already admitted the request (server.gate.ProtocolGate):
+        # the caller it found (team, key id) belongs in this line too
+        state.setdefault("log", {})
         started = time.perf_counter()
         status = {"code": 500}
 

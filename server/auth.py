@@ -51,7 +51,7 @@ class KeyStore:
     def __init__(self, home: Path) -> None:
         self.path = keys_path(home)
         self._by_hash: dict[str, Caller] = {}
-        self._mtime: float | None = None
+        self._version: tuple[int, ...] | None = None
         self._lock = threading.Lock()
 
     def _records(self) -> list[dict]:
@@ -94,15 +94,20 @@ class KeyStore:
         with self._lock:
             try:  # one stat a request: this runs for every request, 429s included
                 info = os.stat(self.path)
-                mtime = info.st_mtime_ns if stat.S_ISREG(info.st_mode) else None
             except FileNotFoundError:
-                mtime = None
-            if mtime != self._mtime:
+                version = None
+            else:  # not the mtime alone: a rewrite in the same clock tick (or cp -p) keeps it
+                version = (
+                    (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+                    if stat.S_ISREG(info.st_mode)
+                    else None
+                )
+            if version != self._version:
                 self._by_hash = {
                     r["sha256"]: Caller(r["id"], r["team"], bool(r.get("admin")))
                     for r in self._records()
                 }
-                self._mtime = mtime
+                self._version = version
         # a dictionary lookup of the key's SHA-256: timing can tell at most whether some
         # stored digest shares a hash bucket with it, nothing about any key
         return self._by_hash.get(_digest(key))

@@ -109,7 +109,10 @@ class ProtocolGate:
         """The refusal for ``scope`` as bytes to write, or ``None`` (see the class)."""
         started = time.perf_counter()
         scope.setdefault("state", {})
-        refused = self.gate.refusal(scope)
+        try:
+            refused = self.gate.refusal(scope)
+        except Exception:  # an unreadable key file: raised from the parser it would be a 400
+            return None  # the app's own gate meets it again, where it is a logged 500
         if refused is None:
             return None
         rid = request_id_from(scope["headers"])
