@@ -114,11 +114,19 @@ class S3BlobStore:
         made = self._client
         if made is None or made[0] != os.getpid():
             import boto3
+            import botocore.session
 
             with _POOL_LOCK:
                 made = self._client
                 if made is None or made[0] != os.getpid():
-                    made = (os.getpid(), boto3.session.Session().client("s3", **self._options))
+                    # Timestamps (LastModified of each listed key, of each GetObject) stay
+                    # text: nothing here reads them, and dateutil parsed each in ~0.1 ms of
+                    # CPU (a listing of 1,000 record keys: 121 ms of CPU, 27 ms without).
+                    core = botocore.session.get_session()
+                    parsers = core.get_component("response_parser_factory")
+                    parsers.set_parser_defaults(timestamp_parser=str)
+                    session = boto3.session.Session(botocore_session=core)
+                    made = (os.getpid(), session.client("s3", **self._options))
                     self._client = made
         return made[1]
 
