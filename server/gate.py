@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import time
 from http import HTTPStatus
 from typing import Any
@@ -27,6 +28,9 @@ from server.accesslog import request_id_from
 from server.state import Refusal
 
 GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
+# the gate's own failure (say an unreadable key file), answered as the app answers any error
+FAILED = Refusal(500, "internal server error", "error")
+log = logging.getLogger("qlora_hub.server")
 
 
 class AdmissionGate:
@@ -46,7 +50,13 @@ class AdmissionGate:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            refused = self.refusal(scope)
+            try:
+                refused = self.refusal(scope)
+            except Exception:
+                log.exception(
+                    "admission gate failed", extra={"request_id": scope["state"].get("request_id")}
+                )
+                refused = FAILED
             if refused is not None:
                 status, headers, body = error_response(refused)
                 await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -75,7 +85,7 @@ def _rendered(refused: Refusal) -> tuple[int, tuple[tuple[bytes, bytes], ...], b
         {
             "error": {
                 "message": message,
-                "type": "invalid_request_error",
+                "type": "invalid_request_error" if status < 500 else "server_error",
                 "param": None,
                 "code": status,
             }
