@@ -134,10 +134,10 @@ def summary(srv: Any, now: dict[str, float], then: dict[str, float], seconds: fl
         "batch_mean": delta("qlora_hub_batch_rows_sum") / passes if passes else None,
         "batch_p95": quantile(batch, 0.95),
         "passes": int(passes),
-        "rejected": {
+        "rejected": {  # reasons refused within the window (the series exist from start-up)
             k.split('reason="', 1)[1].split('"', 1)[0]: int(delta(k))
             for k in now
-            if k.startswith("qlora_hub_rejected_requests_total{")
+            if k.startswith("qlora_hub_rejected_requests_total{") and delta(k) > 0
         },
     }
 

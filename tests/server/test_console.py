@@ -152,6 +152,8 @@ def test_operator_page_needs_an_admin_key(small_home, embedded_base) -> None:
         r = httpx.get(live.url + "/ui", headers=basic(live.keys["admin"]))
         assert r.status_code == 200 and r.headers["content-security-policy"] == CSP
         assert re.search(r"<th scope=\"row\">r1@1</th>", r.text)
+        # the one refusal so far (the wrong key above); reasons never seen are not listed
+        assert "Refused before work</th><td>unauthorized: 1</td>" in r.text
         assert re.search(r'id="queue">0 waiting \(limit \d+\)', r.text)
         assert re.search(
             r'<th scope="row">/v1/completions</th><td class="num">[0-9.]+</td>', r.text
