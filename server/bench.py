@@ -122,7 +122,7 @@ def run_bench(
     n_requests: int = 64,
     clients: int = 32,
     max_tokens: int = 16,
-    repeats: int = 3,
+    repeats: int = 5,
     progress: bool = True,
     burst_requests: int = 1000,
     flood_requests: int = 20,

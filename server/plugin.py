@@ -108,7 +108,12 @@ def api_key_create(state: CliState, team: str, admin: bool) -> None:
 @click.option("--requests", "n_requests", type=int, default=64, help="Requests per scenario.")
 @click.option("--clients", type=int, default=32, help="Concurrent clients.")
 @click.option("--max-tokens", type=int, default=16, help="Tokens per request.")
-@click.option("--repeats", type=int, default=3, help="Runs of mixed8 and single1 (median kept).")
+@click.option(
+    "--repeats",
+    type=int,
+    default=5,
+    help="Runs of mixed8 and single1, alternating (median kept).",
+)
 @click.option(
     "--burst", "burst", type=int, default=1000, help="Simultaneous requests (429 latency)."
 )
