@@ -3,10 +3,11 @@
 vLLM runs on its own asyncio loop in one thread of the server process (its engine
 core runs in child processes it spawns). The server's threads talk to it through
 :meth:`VLLMEngine.submit` (a request becomes a task on that loop) and the adapter calls
-(which wait for the loop). Each request streams through ``GenRequest.emit``, so stop
-strings, held-back partial characters, usage and finish reasons are exactly the
-built-in engine's; end-of-sequence tokens stop a request as vLLM's stop tokens. A
-watcher ends cancelled and timed-out requests (vLLM aborts them).
+(which wait for the loop). Each request streams through ``GenRequest.emit``
+(:mod:`plugins.vllm.translate` turns it into vLLM's sampling parameters and vLLM's
+deltas back into tokens, logprobs and text), so stop strings, held-back partial
+characters, usage and finish reasons are exactly the built-in engine's. A watcher ends
+cancelled and timed-out requests (vLLM aborts them).
 
 Adapters come as decrypted tensors; :mod:`plugins.vllm.adapter_files` passes them to
 vLLM through a private RAM-backed directory that is removed as soon as vLLM loaded
@@ -28,7 +29,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -38,20 +38,12 @@ from typing import Any
 
 from hub.engines import AdapterRefused, GenRequest, QueueFullError
 from plugins.vllm.adapter_files import check_adapter, ram_copy, zero_lora
+from plugins.vllm.translate import record_delta, sampling_params, worker_message
 
 log = logging.getLogger("qlora_hub.vllm")
 
 WATCH_S = 0.05  # how often cancelled and timed-out requests are looked for
 CALL_S = 300.0  # the longest an adapter call waits for vLLM
-
-
-@dataclass(frozen=True)
-class TokenLogprob:
-    """One token's logprob and its top alternatives (the fields the server reads)."""
-
-    token: int
-    logprob: float | None = None
-    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
@@ -226,7 +218,7 @@ class VLLMEngine:
             try:
                 loaded = self._call(self.llm.add_lora(request))
             except Exception as exc:
-                raise AdapterRefused(f"vLLM cannot load it: {_reason(exc)}") from None
+                raise AdapterRefused(f"vLLM cannot load it: {worker_message(exc)}") from None
         if not loaded:
             raise AdapterRefused("vLLM did not load it (see the vLLM log)")
         return request
@@ -278,7 +270,7 @@ class VLLMEngine:
         try:
             stream = self.llm.generate(
                 TokensPrompt(prompt_token_ids=list(req.prompt_ids)),
-                self._params(req),
+                sampling_params(req, self.eos_ids),
                 request_id,
                 lora_request=lora,
             )
@@ -286,7 +278,7 @@ class VLLMEngine:
                 if not started:
                     started = True
                     self._to_running(req)
-                reason = self._take(req, out.outputs[0])
+                reason = record_delta(req, out.outputs[0], self.eos_ids, self.tokenizer)
                 if reason:
                     break
             if reason is None:  # the stream ended without a reason: vLLM aborted it
@@ -305,44 +297,6 @@ class VLLMEngine:
             self._live.pop(number, None)
             self._ends.pop(number, None)
             self._leave(req, started)
-
-    def _params(self, req: GenRequest) -> Any:
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        return SamplingParams(
-            max_tokens=req.max_tokens,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            seed=req.seed,
-            presence_penalty=req.presence_penalty,
-            frequency_penalty=req.frequency_penalty,
-            logit_bias=dict(req.logit_bias) or None,
-            logprobs=req.logprobs,
-            stop_token_ids=sorted(self.eos_ids),
-            ignore_eos=not self.eos_ids,  # no end tokens at all: run to max_tokens (benchmarks)
-            output_kind=RequestOutputKind.DELTA,
-            detokenize=False,
-        )
-
-    def _take(self, req: GenRequest, comp: Any) -> str | None:
-        """Record new tokens of ``comp`` (a delta) on ``req`` and stream its text."""
-        now = time.monotonic()
-        if req.first_token_at is None:
-            req.first_token_at = now
-        req.last_token_at = now
-        new = list(comp.token_ids)
-        req.generated.extend(new)
-        if req.logprobs is not None and comp.logprobs:
-            for token, entries in zip(new, comp.logprobs, strict=False):
-                req.token_logprobs.append(_logprob(token, entries, req.logprobs))
-        reason = None
-        if any(t in self.eos_ids for t in new) or comp.finish_reason == "stop":
-            reason = "stop"
-        elif comp.finish_reason == "length" or len(req.generated) >= req.max_tokens:
-            reason = "length"
-        ids = [t for t in req.generated if t not in self.eos_ids]
-        return req.emit(self.tokenizer.decode(ids, skip_special_tokens=True), reason)
 
     # ---- bookkeeping -----------------------------------------------------------------------------
 
@@ -422,19 +376,3 @@ class VLLMEngine:
             req.release()
         finally:
             self.on_finish(req, reason)
-
-
-def _logprob(token: int, entries: dict[int, Any], k: int) -> TokenLogprob:
-    """vLLM's logprobs of one position -> the token's logprob and the top ``k``."""
-    chosen = entries.get(token)
-    ranked = sorted(entries.items(), key=lambda kv: kv[1].rank or 0)
-    top = tuple((t, float(lp.logprob)) for t, lp in ranked if lp.rank and lp.rank <= k)
-    return TokenLogprob(token, float(chosen.logprob) if chosen else None, top)
-
-
-def _reason(exc: BaseException) -> str:
-    """The worker's own message inside vLLM's wrapped error (one line)."""
-    text = str(exc)
-    found = re.search(r"Worker failed with error '(.*?)'(?:, please|$)", text, re.S)
-    line = (found.group(1) if found else text).strip().splitlines()
-    return line[0] if line else type(exc).__name__
