@@ -42,3 +42,41 @@ def test_bench_s3_reports_vault_and_raw_figures_for_each_size(s3_url, tmp_path):
         or abs(row["pull_vs_raw"] - row["pull_mb_s"] / row["raw_get_mb_s"]) < 0.05
     )
     assert result["url"].startswith(s3_url + "/bench-")
+    assert row["pull_vs_raw_median"] > 0
+    assert row["cpu_ms"]["pull"]["client"] > 0 and row["cpu_ms"]["raw_get"]["client"] > 0
+    # an endpoint given by --url: its CPU time is not read, the bound is the client's alone
+    assert result["server_cpu_measured"] is False
+    assert row["cpu_ms"]["pull"]["server"] == 0.0
+
+
+def test_bench_s3_with_its_own_server_reads_that_servers_cpu_time(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hub",
+            "--home",
+            str(tmp_path / "h"),
+            "bench",
+            "s3",
+            "--sizes",
+            "16",
+            "--repeats",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "QLORA_HUB_S3"))},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    (row,) = result["results"]
+    assert result["server_cpu_measured"] is True
+    assert row["cpu_ms"]["pull"]["server"] > 0  # moto's own process served the pulls
+    # the bound: the best raw get over the pull's CPU time (both processes) per core
+    pull_cpu_s = (row["cpu_ms"]["pull"]["client"] + row["cpu_ms"]["pull"]["server"]) / 1000
+    raw_get_s = row["size_mb"] / row["raw_get_mb_s"]
+    bound = raw_get_s / (pull_cpu_s / result["machine"]["cpus"])
+    assert abs(row["pull_vs_raw_cpu_bound"] - bound) <= 0.02 * bound + 0.01
