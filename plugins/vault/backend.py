@@ -10,7 +10,9 @@ Who owns a name and which team may read which version follow from records
 signed by the name's owner (:mod:`hub.grants`, stored by
 :mod:`plugins.vault.records`), never from the index: a writer of the vault
 folder can delete or withhold, not grant, take over a name or undo a
-revocation. Layout under the backend root (``<home>/storage/vault``)::
+revocation. A read's steps, records to plaintext, are :mod:`plugins.vault.reads`;
+publishing is :mod:`plugins.vault.publish`, sharing :mod:`plugins.vault.sharing`.
+Layout under the backend root (``<home>/storage/vault``)::
 
     index.sqlite   cache of names, versions, grants (rebuilt by reindex); audit head
     audit.log      hash-chained JSON lines
@@ -20,10 +22,8 @@ revocation. Layout under the backend root (``<home>/storage/vault``)::
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Mapping
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +39,14 @@ from hub.identity import Identity, PublicIdentity
 from hub.names import check_name, check_team_name
 from hub.teams import load_identity
 from hub.types import AdapterPayload, AdapterRecord, AdapterRef
-from plugins.vault import catalog, objects, publish, sharing
+from plugins.vault import catalog, objects, publish, reads, sharing
 from plugins.vault.audit import AuditLog
-from plugins.vault.blobs import get_bounded, open_blobs
-from plugins.vault.decrypt import decrypt_files
+from plugins.vault.blobs import open_blobs
 from plugins.vault.index import Index
 from plugins.vault.records import NameRecords
 from plugins.vault.trust_cache import TrustCache
-from plugins.vault.workers import in_background
 
 TEAM_ENV = "QLORA_HUB_TEAM"
-MAX_MANIFEST_BYTES = 16 << 20
-MAX_KEY_BYTES = 64 << 10
 
 
 def _setting(home: Path, settings: Any, key: str) -> Any:
@@ -111,6 +107,7 @@ class Vault:
         self._identities: dict[str, Identity] = {}
         self._trust = TrustCache(self.home)  # parsed public keys of other teams
         self.records = NameRecords(self.blobs, self._public_of, self.home / "pins")
+        # what reads learn (plugins.vault.reads): parsed manifests, data keys, last object read
         self._manifests: dict[tuple[str, str], dict[str, Any]] = {}  # (SHA-256, signer) -> parsed
         self._data_keys: dict[tuple[str, str, int], bytes] = {}
         self._payload_hints: dict[tuple[str, str, int | None], str] = {}  # ref -> object id
@@ -162,156 +159,25 @@ class Vault:
             )
         return state
 
-    def _resolve(self, ref: AdapterRef, team: str) -> tuple[NameState, int]:
-        """The signed state of ``ref.name`` and the version ``team`` may read, or the right error."""
-        name = check_name(ref.name)
-        hidden = UnknownNameError(
-            f"no adapter {ref} visible to team {team!r}: check `adapters list`"
-        )
-        state = self.state(name)
-        if state is None or state.name != name or team not in state.ever:
-            raise hidden  # never shared: same answer as absent, so names do not leak
-        version = ref.version if ref.version is not None else state.latest(team)
-        if version is None:
-            version = state.latest()
-            if version is None:
-                raise hidden
-        if version not in state.live():
-            raise hidden
-        if team not in state.readers(version):
-            if team not in state.revoked:
-                raise hidden
-            raise AccessError(f"team {team}'s access to {name}@{version} was revoked by its owner")
-        return state, version
-
+    # -- reads (plugins.vault.reads), as sharing, the catalog and the tests call them -------
     def _manifest(self, state: NameState, version: int) -> dict[str, Any]:
-        """The manifest of ``version``, checked against the owner's signed publish record."""
-        grant = state.versions[version]
-        # Bytes with the SHA-256 the owner's record signs verified before under the owner's
-        # key: kept by that hash, they need no second read (a warm pull saves a round trip
-        # to object storage). The binding to this name, version and owner is still checked
-        # below (another name may point here).
-        sha = grant.manifest_sha256
-        manifest = self._manifests.get((sha, state.owner_fingerprint))
-        if manifest is None:
-            key = self._key(grant.object_id, "manifest")
-            mblob = get_bounded(self.blobs, key, MAX_MANIFEST_BYTES)
-            sha = hashlib.sha256(mblob).hexdigest()
-            manifest, sig = objects.read_manifest(mblob)
-            objects.verify_manifest(self._public_of(state.owner), manifest, sig)
-            objects.check_shape(manifest)
-        if (
-            sha != grant.manifest_sha256
-            or manifest.get("name") != state.name
-            or manifest.get("version") != version
-            or manifest.get("object_id") != grant.object_id
-            or manifest.get("publisher") != state.owner
-        ):
-            raise IntegrityError(
-                f"manifest of {state.name}@{version} belongs to another object: it does not "
-                "match the owner's signed record"
-            )
-        self._manifests[(sha, state.owner_fingerprint)] = manifest
-        return manifest
+        """See :func:`plugins.vault.reads.manifest`."""
+        return reads.manifest(self, state, version)
 
     def _data_key(self, state: NameState, version: int, team: str) -> bytes:
-        """The data key of ``version`` unwrapped by ``team``, kept per (team, object,
-        version): an object's key never changes (revoking re-encrypts into a new object)
-        and who may read is decided by the signed records before this is asked, so a
-        server's repeated pulls skip both the KEM and the read of the wrapped key."""
-        oid = state.versions[version].object_id
-        cache_key = (team, oid, version)
-        key = self._data_keys.get(cache_key)
-        if key is None:
-            blob = get_bounded(self.blobs, self._key(oid, f"keys/{team}"), MAX_KEY_BYTES)
-            key = objects.unwrap_key(self.identity(team), blob, bytes.fromhex(oid), version)
-            if len(self._data_keys) >= 1024:
-                self._data_keys.clear()
-            self._data_keys[cache_key] = key
-        return key
+        """See :func:`plugins.vault.reads.data_key`."""
+        return reads.data_key(self, state, version, team)
 
     def _opened(self, ref: AdapterRef, team: str) -> tuple[NameState, int, dict[str, Any], bytes]:
-        """What a read of ``ref`` by ``team`` needs before decrypting: signed state, the
-        version, its verified manifest and the data key unwrapped for ``team``."""
-        return self._opening(ref, team, stream=False)[:4]
-
-    def _opening(
-        self, ref: AdapterRef, team: str, stream: bool = True
-    ) -> tuple[NameState, int, dict[str, Any], bytes, Any]:
-        """:meth:`_opened` and, from object storage, the payload already downloading
-        (None: it is read when decrypting)."""
-        stream = stream and hasattr(self.blobs, "view") and not hasattr(self.blobs, "reader")
-        hint = (team, ref.name, ref.version)
-        early = self._prefetch(self._payload_hints.get(hint)) if stream else None
-        blob = None
-        try:
-            state, version = self._resolve(ref, team)
-            oid = state.versions[version].object_id
-            if stream:
-                # The payload downloads while the manifest and key are read and checked;
-                # none of its bytes is used before both verified.
-                blob = self._prefetched(early, oid)
-                early = None
-                if blob is None:
-                    blob = self.blobs.view(self._key(oid, "payload"))
-                if len(self._payload_hints) >= 1024:
-                    self._payload_hints.clear()
-                self._payload_hints[hint] = oid
-            manifest = self._manifest(state, version)
-            return state, version, manifest, self._data_key(state, version, team), blob
-        except BaseException:
-            getattr(blob, "close", lambda: None)()
-            if early is not None:
-                self._prefetched(early, "")
-            raise
-
-    def _prefetch(self, oid: str | None) -> tuple[str, Future[Any]] | None:
-        """Start downloading object ``oid``'s payload on a helper thread (a guess: the
-        object the last pull of the same ref read), while this pull reads and verifies
-        the name's signed records. Only ciphertext arrives early: it is used only if the
-        verified records resolve to that same object, and then only after its manifest
-        and key verified, as any payload."""
-        if oid is None:
-            return None
-        return oid, in_background(self.blobs.view, self._key(oid, "payload"))
-
-    @staticmethod
-    def _prefetched(early: tuple[str, Future[Any]] | None, oid: str) -> Any:
-        """The early download if it is object ``oid``'s and started; else it is stopped
-        (now or when its request returns) and None is returned."""
-        if early is None:
-            return None
-        guess, future = early
-        if guess == oid:
-            try:
-                return future.result()
-            except Exception:  # gone or unreachable: the pull asks again and reports that
-                return None
-        future.add_done_callback(lambda f: f.exception() or f.result().close())
-        return None
+        """Signed state, version, verified manifest and data key of a read of ``ref`` by
+        ``team`` (:func:`plugins.vault.reads.opening`, without the early download)."""
+        return reads.opening(self, ref, team, stream=False)[:4]
 
     def _decrypt(
-        self,
-        state: NameState,
-        version: int,
-        manifest: dict[str, Any],
-        key: bytes,
-        blob: Any = None,
+        self, state: NameState, version: int, manifest: dict[str, Any], key: bytes, blob: Any = None
     ) -> dict[str, bytes]:
-        oid = state.versions[version].object_id
-        if blob is not None:  # already downloading (object storage)
-            try:
-                return decrypt_files(blob, key, bytes.fromhex(oid), version, manifest["files"])
-            finally:  # a refused payload stops its download (it waits for the reader)
-                blob.close()
-        key_ = self._key(oid, "payload")
-        # A store that can read a blob piece by piece (file://) saves a copy of the whole
-        # payload: each chunk is read into one small reused buffer, then decrypted.
-        if hasattr(self.blobs, "reader"):
-            with self.blobs.reader(key_) as blob:
-                return decrypt_files(blob, key, bytes.fromhex(oid), version, manifest["files"])
-        blob = self.blobs.view(key_) if hasattr(self.blobs, "view") else self.blobs.get(key_)
-        return decrypt_files(blob, key, bytes.fromhex(oid), version, manifest["files"])
+        """See :func:`plugins.vault.reads.decrypt`."""
+        return reads.decrypt(self, state, version, manifest, key, blob)
 
     # -- the StorageBackend protocol -----------------------------------------------------
     def push(
@@ -337,7 +203,7 @@ class Vault:
         """Verify the owner's records, signature, trust and every hash; decrypt in memory."""
         team = self._acting(team)
         try:
-            state, version, manifest, key, blob = self._opening(ref, team)
+            state, version, manifest, key, blob = reads.opening(self, ref, team)
         except IntegrityError as exc:  # altered records, manifest or key: leave a trace
             self.audit.record("pull-refused", team, str(ref), "", error=str(exc), where=where)
             raise
@@ -347,7 +213,7 @@ class Vault:
         digest = state.versions[version].manifest_sha256
         entry = self.audit.record_in_background("pull", team, str(resolved), digest, where=where)
         try:
-            files = self._decrypt(state, version, manifest, key, blob)
+            files = reads.decrypt(self, state, version, manifest, key, blob)
         except BaseException as exc:
             entry.result()
             if isinstance(exc, HubError):  # a tampered payload leaves a trace too
@@ -359,8 +225,8 @@ class Vault:
     def verify(self, ref: AdapterRef, *, team: str | None = None) -> dict[str, Any]:
         """Run every check a pull runs, without keeping the plaintext; returns a summary."""
         team = self._acting(team)
-        state, version, manifest, key, blob = self._opening(ref, team)
-        files = self._decrypt(state, version, manifest, key, blob)
+        state, version, manifest, key, blob = reads.opening(self, ref, team)
+        files = reads.decrypt(self, state, version, manifest, key, blob)
         return {
             "ref": f"{state.name}@{version}",
             "publisher": state.owner,
@@ -372,7 +238,7 @@ class Vault:
     def show(self, ref: AdapterRef, *, team: str | None = None) -> dict[str, Any]:
         """The verified manifest of ``ref`` and who can read it (no decryption)."""
         team = self._acting(team)
-        state, version = self._resolve(ref, team)
+        state, version = reads.resolve(self, ref, team)
         grant = state.versions[version]
         grants = {t: "active" if t in grant.readers else "revoked" for t in sorted(grant.ever)}
         return {"manifest": self._manifest(state, version), "readers": grants}
