@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 import pytest
 
@@ -108,9 +109,19 @@ def test_a_long_prefill_lets_running_rows_decode(loaded) -> None:
 
     engine = make_engine(loaded, prefill_chunk=4)
     records: list[tuple[bool, int]] = []  # per forward pass: long prompt in flight, runner's tokens
-    engine.on_step = lambda rows: records.append(
-        (engine.prefill is not None, len(runner.generated))
-    )
+    arrived = threading.Event()
+
+    def on_step(rows: int) -> None:
+        records.append((engine.prefill is not None, len(runner.generated)))
+        if started.is_set() and not arrived.is_set():
+            # the runner waits for the long prompt once its text began: on a loaded machine
+            # it could otherwise decode all 60 tokens before the long prompt is submitted
+            deadline = time.monotonic() + 60
+            while not engine.queue_depth and time.monotonic() < deadline:
+                time.sleep(0.005)
+            arrived.set()
+
+    engine.on_step = on_step
     started, finished = threading.Event(), threading.Event()
     runner = GenRequest(
         prompt_ids=[5, 6],
