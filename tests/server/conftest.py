@@ -144,6 +144,33 @@ class LiveServer:
             time.sleep(0.02)
 
 
+def wait_until(check: Any, *, what: str, timeout_s: float = 60.0) -> Any:
+    """Poll ``check()`` until it is truthy and return it; fail naming ``what`` after ``timeout_s``.
+
+    For what the server does after the client already has its answer (a queue place given
+    back on a disconnect, the access-log line and metrics written after the last byte): a
+    check made at once races with it on a loaded machine."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not so after {timeout_s} s")
+        time.sleep(0.02)
+    return value
+
+
+def running_in(function: Any) -> bool:
+    """Whether some thread is inside ``function`` now (waiting in it or called from it)."""
+    import sys
+
+    code = getattr(function, "__func__", function).__code__
+    for frame in sys._current_frames().values():
+        while frame is not None:
+            if frame.f_code is code:
+                return True
+            frame = frame.f_back
+    return False
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as s:

@@ -12,7 +12,7 @@ import socket
 import httpx
 import pytest
 
-from tests.server.conftest import start_small_server
+from tests.server.conftest import running_in, start_small_server, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -132,18 +132,26 @@ def test_every_queue_place_is_given_back(live) -> None:
     post(live, b"{not json")
     head_only(live, live.keys["alpha"])  # the client goes away before sending its body
     live.wait_idle()
-    assert live.state.admission.holding == 0
+    # the server sees that client go after head_only returned: its place comes back then
+    wait_until(lambda: live.state.admission.holding == 0, what="every queue place given back")
 
 
 def test_unknown_paths_are_counted_under_one_label_and_logged(live, caplog) -> None:
     import logging
 
     caplog.set_level(logging.INFO, logger="qlora_hub.server.access")
+    unknown = 'qlora_hub_requests_total{route="(unknown)",status="404"}'
+    before = live.metric(unknown)
     for path in ("/wp-admin", "/.env", "/v2/anything"):
-        assert httpx.get(live.url + path).status_code == 404
-    assert live.metric('qlora_hub_requests_total{route="(unknown)",status="404"}') >= 3
-    records = [json.loads(r.getMessage()) for r in caplog.records if r.name.endswith("access")]
-    assert {"/wp-admin", "/.env", "/v2/anything"} <= {r.get("unknown_path") for r in records}
+        assert httpx.get(live.url + path, timeout=30).status_code == 404
+
+    def logged() -> set:
+        records = [json.loads(r.getMessage()) for r in caplog.records if r.name.endswith("access")]
+        return {r.get("unknown_path") for r in records}
+
+    # the line and the count are written after the answer's last byte went out
+    wait_until(lambda: {"/wp-admin", "/.env", "/v2/anything"} <= logged(), what="three lines")
+    wait_until(lambda: live.metric(unknown) >= before + 3, what="three counted under one label")
 
 
 def test_a_stream_abandoned_before_its_first_chunk_is_cancelled(live) -> None:
@@ -171,9 +179,13 @@ def test_a_stream_abandoned_before_its_first_chunk_is_cancelled(live) -> None:
         with live.state.cache._cond:  # the handler waits in the adapter cache
             sock = socket.create_connection((host, int(port)))
             sock.sendall(head.encode() + body)
-            time.sleep(0.5)
+            # gone before the body was read, the request would never reach the engine
+            wait_until(lambda: running_in(live.state.cache.acquire), what="the handler waits")
             sock.close()  # gone before the stream started
             time.sleep(0.2)
+        # the request is queued after the cache lets it go: the engine may look idle first
+        ended = lambda: live.metric(cancelled) + live.metric(length) > sum(before)  # noqa: E731
+        wait_until(ended, what="the request ended", timeout_s=300)
         live.wait_idle(300)
     finally:
         engine.eos_ids = saved
