@@ -182,12 +182,15 @@ def start_uvicorn(app: Any) -> tuple[Any, threading.Thread, str]:
     """Run ``app`` under uvicorn in a thread on a free loopback port; returns (server, thread, url).
 
     The HTTP protocol is ``serve``'s (server.http): httptools answering the server app's
-    admission-gate refusals itself."""
+    admission-gate refusals itself. uvicorn listens on a socket bound here: a port only
+    found free could be taken by another connection before uvicorn bound it."""
     import uvicorn
 
     from server.http import http_protocol
 
-    port = free_port()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
     base, loop = http_protocol()
     gate = getattr(getattr(app, "state", None), "protocol_gate", None)
     protocol = type("Test" + base.__name__, (base,), {"gate": gate})
@@ -202,7 +205,7 @@ def start_uvicorn(app: Any) -> tuple[Any, threading.Thread, str]:
             loop=loop,
         )
     )
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
     while not server.started:
