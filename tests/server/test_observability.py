@@ -39,7 +39,7 @@ def test_metrics_exposes_prometheus_series(live_server) -> None:
 def test_access_log_has_request_id_and_no_prompt_or_key(live_server, access_log, caplog) -> None:
     resp = httpx.post(
         live_server.url + "/v1/completions",
-        json={"model": "base", "prompt": "secret-prompt-text", "max_tokens": 2},
+        json={"model": "base", "prompt": "secret-prompt-text", "max_tokens": 2, "temperature": 0},
         headers={**live_server.headers("alpha"), "X-Request-ID": "req-42"},
         timeout=60,
     )
