@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import threading
 
 import httpx
 import pytest
@@ -105,6 +106,18 @@ def test_request_arriving_mid_decode_joins_the_running_batch(live_server) -> Non
     it could only finish after the long one, with no forward pass of 2 rows.
     """
     live_server.wait_idle()
+    engine, answered = live_server.state.engine, threading.Event()
+    count_step = engine.on_step  # the server's metrics
+
+    def on_step(rows: int) -> None:
+        count_step(rows)
+        # near its end the long request waits for the short one's answer: on a loaded machine
+        # it could otherwise finish first (without continuous batching the short one waits
+        # behind it, so this wait lasts its 60 s and the test still fails)
+        long = [r for r in engine.rows if r.max_tokens == 480]
+        if long and len(long[0].generated) >= 470 and not answered.is_set():
+            answered.wait(60)
+
     rows_1 = 'qlora_hub_batch_rows_bucket{le="1.0"}'
     steps_before = live_server.metric("qlora_hub_batch_rows_count")
     single_before = live_server.metric(rows_1)
@@ -115,18 +128,24 @@ def test_request_arriving_mid_decode_joins_the_running_batch(live_server) -> Non
         "temperature": 0,
         "stream": True,
     }
-    with httpx.stream(
-        "POST",
-        live_server.url + "/v1/completions",
-        json=long_body,
-        headers=live_server.headers("alpha"),
-        timeout=300,
-    ) as long:
-        lines = (line for line in long.iter_lines() if line)
-        first = next(lines)  # the long request is decoding now
-        short = complete(live_server, "r0", "apple", max_tokens=2)
-        still_decoding = live_server.metric("qlora_hub_active_rows")
-        rest = list(lines)
+    engine.on_step = on_step
+    try:
+        with httpx.stream(
+            "POST",
+            live_server.url + "/v1/completions",
+            json=long_body,
+            headers=live_server.headers("alpha"),
+            timeout=300,
+        ) as long:
+            lines = (line for line in long.iter_lines() if line)
+            first = next(lines)  # the long request is decoding now
+            short = complete(live_server, "r0", "apple", max_tokens=2)
+            still_decoding = live_server.metric("qlora_hub_active_rows")
+            answered.set()
+            rest = list(lines)
+    finally:
+        answered.set()
+        engine.on_step = count_step
     final = json.loads(rest[-2].removeprefix("data: "))
     multi_row_steps = (live_server.metric("qlora_hub_batch_rows_count") - steps_before) - (
         live_server.metric(rows_1) - single_before
