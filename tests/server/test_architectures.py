@@ -186,8 +186,9 @@ def _complete_all(client, jobs: list[tuple[str, str]]) -> list[str]:
 def _one_batch(live, client, jobs: list[tuple[str, str]]) -> list[str]:
     """Run ``jobs`` so that they share forward passes; asserts that some pass held 3+ rows.
 
-    The engine is held (the bank's lock) while the requests arrive: at most 3 s,
-    or until all but the one it may be prefilling are waiting.
+    The engine is held (the bank's lock) while the requests arrive: until every one is
+    waiting or in the prefill the engine is blocked in (at most 60 s). The engine may take
+    several into that prefill, so counting the waiting ones alone could wait the whole time.
     """
     import concurrent.futures as cf
     import time
@@ -196,11 +197,16 @@ def _one_batch(live, client, jobs: list[tuple[str, str]]) -> list[str]:
     steps = "qlora_hub_batch_rows_count"
     small = 'qlora_hub_batch_rows_bucket{le="2.0"}'
     before = live.metric(steps) - live.metric(small)
+
+    def arrived() -> int:
+        prefill = engine.prefill
+        return engine.queue_depth + (len(prefill.reqs) if prefill else 0)
+
     with cf.ThreadPoolExecutor(max_workers=1) as pool:
         with engine.bank.lock:  # the engine cannot run a forward pass meanwhile
             future = pool.submit(_complete_all, client, jobs)
-            deadline = time.monotonic() + 3
-            while engine.queue_depth < len(jobs) - 1 and time.monotonic() < deadline:
+            deadline = time.monotonic() + 60
+            while arrived() < len(jobs) and time.monotonic() < deadline:
                 time.sleep(0.01)
         texts = future.result(timeout=120)
     assert live.metric(steps) - live.metric(small) > before  # a pass ran 3+ rows
