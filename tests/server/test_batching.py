@@ -9,6 +9,8 @@ import threading
 import httpx
 import pytest
 
+from tests.server.conftest import wait_until
+
 EIGHT = ["upper", "reverse", "r0", "r1", "r2", "r3", "r4", "r5"]
 WORDS = ["apple", "piano", "quartz", "river"]
 
@@ -59,17 +61,36 @@ def test_64_concurrent_requests_over_8_adapters_match_single_request_output(
     assert [r.json()["choices"][0]["text"] for r in responses] == [single_outputs[j] for j in jobs]
 
 
-@pytest.mark.engine_internal  # counts the hf worker's steps (qlora_hub_batch_rows)
-def test_batches_really_mix_adapters(live_server) -> None:
-    """The batch-size histogram saw forward passes with more than 8 rows."""
-    text = httpx.get(live_server.url + "/metrics").text
-    big = [
-        line
-        for line in text.splitlines()
-        if line.startswith('qlora_hub_batch_rows_bucket{le="8.0"}')
-    ]
-    total = [line for line in text.splitlines() if line.startswith("qlora_hub_batch_rows_count")]
-    assert float(big[0].split()[-1]) < float(total[0].split()[-1])
+def _passes_over_8_rows(live_server) -> float:
+    """Forward passes so far with more than 8 rows (the batch-size histogram)."""
+    total = live_server.metric("qlora_hub_batch_rows_count")
+    return total - live_server.metric('qlora_hub_batch_rows_bucket{le="8.0"}')
+
+
+@pytest.mark.engine_internal  # holds the hf worker's bank lock, counts its steps
+def test_batches_really_mix_adapters(live_server, single_outputs) -> None:
+    """16 requests over the 8 adapters, arriving while the engine is held, run in forward
+    passes of more than 8 rows, each with its own adapter's output.
+
+    It used to read the histogram the 64-request test left: it depended on running after
+    it, and on those requests arriving fast enough to overlap."""
+    engine = live_server.state.engine
+    jobs = [(EIGHT[i % 8], WORDS[(i // 8) % 4]) for i in range(16)]
+    for model in EIGHT:  # resident: a load would wait for the bank lock held below
+        assert complete(live_server, model, "apple", max_tokens=1).status_code == 200
+    before = _passes_over_8_rows(live_server)
+
+    def arrived() -> bool:
+        prefill = engine.prefill
+        return engine.queue_depth + (len(prefill.reqs) if prefill else 0) == len(jobs)
+
+    with cf.ThreadPoolExecutor(max_workers=1) as pool:
+        with engine.bank.lock:  # no forward pass until every request waits or is in a prefill
+            future = pool.submit(run_concurrently, live_server, jobs)
+            wait_until(arrived, what="16 requests waiting")
+        responses = future.result(timeout=300)
+    assert [r.json()["choices"][0]["text"] for r in responses] == [single_outputs[j] for j in jobs]
+    assert _passes_over_8_rows(live_server) > before
 
 
 def test_eviction_under_a_budget_of_two_stays_correct(live_server, single_outputs) -> None:
