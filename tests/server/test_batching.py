@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import threading
+import time
 
 import httpx
 import pytest
@@ -13,6 +14,7 @@ from tests.server.conftest import wait_until
 
 EIGHT = ["upper", "reverse", "r0", "r1", "r2", "r3", "r4", "r5"]
 WORDS = ["apple", "piano", "quartz", "river"]
+LONG = 40  # tokens of the long request in the mid-decode test
 
 
 def complete(live_server, model: str, word: str, max_tokens: int = 8) -> httpx.Response:
@@ -123,21 +125,32 @@ def _evictions(live_server) -> float:
 def test_request_arriving_mid_decode_joins_the_running_batch(live_server) -> None:
     """A short request sent while a long one decodes finishes first, in shared forward passes.
 
-    Without continuous batching the short request would wait for the long one's 480 tokens:
+    Without continuous batching the short request would wait for all the long one's tokens:
     it could only finish after the long one, with no forward pass of 2 rows.
     """
     live_server.wait_idle()
-    engine, answered = live_server.state.engine, threading.Event()
+    engine, answered, short_seen = live_server.state.engine, threading.Event(), threading.Event()
     count_step = engine.on_step  # the server's metrics
 
     def on_step(rows: int) -> None:
         count_step(rows)
-        # near its end the long request waits for the short one's answer: on a loaded machine
-        # it could otherwise finish first (without continuous batching the short one waits
-        # behind it, so this wait lasts its 60 s and the test still fails)
-        long = [r for r in engine.rows if r.max_tokens == 480]
-        if long and len(long[0].generated) >= 470 and not answered.is_set():
+        prefill = engine.prefill.reqs if engine.prefill else []
+        if engine.queue_depth or any(r.slot != 0 for r in [*engine.rows, *prefill]):
+            short_seen.set()  # the short request (adapter r0) reached the engine
+        long = [r for r in engine.rows if r.max_tokens == LONG]
+        done = len(long[0].generated) if long else 0
+        # On a loaded machine the long request could finish first: it waits (once) for the
+        # short one to reach the engine 10 tokens before its end, and (once) for it to be
+        # answered 2 tokens before it. Without continuous batching the short one waits
+        # behind the long one, never answered: the second wait lasts 60 s, the test fails.
+        if done >= LONG - 10 and not short_seen.is_set():
+            deadline = time.monotonic() + 60
+            while not engine.queue_depth and time.monotonic() < deadline:
+                time.sleep(0.005)
+            short_seen.set()
+        if done >= LONG - 2 and not answered.is_set():
             answered.wait(60)
+            answered.set()
 
     rows_1 = 'qlora_hub_batch_rows_bucket{le="1.0"}'
     steps_before = live_server.metric("qlora_hub_batch_rows_count")
@@ -145,7 +158,7 @@ def test_request_arriving_mid_decode_joins_the_running_batch(live_server) -> Non
     long_body = {
         "model": "base",
         "prompt": "go:",
-        "max_tokens": 480,
+        "max_tokens": LONG,
         "temperature": 0,
         "stream": True,
     }
@@ -158,23 +171,23 @@ def test_request_arriving_mid_decode_joins_the_running_batch(live_server) -> Non
             headers=live_server.headers("alpha"),
             timeout=300,
         ) as long:
-            lines = (line for line in long.iter_lines() if line)
-            first = next(lines)  # the long request is decoding now
+            # decoding (its first text may come dozens of tokens later: it is not the signal)
+            wait_until(lambda: live_server.metric("qlora_hub_active_rows"), what="decoding")
             short = complete(live_server, "r0", "apple", max_tokens=2)
             still_decoding = live_server.metric("qlora_hub_active_rows")
             answered.set()
-            rest = list(lines)
+            lines = [line for line in long.iter_lines() if line]
     finally:
         answered.set()
         engine.on_step = count_step
-    final = json.loads(rest[-2].removeprefix("data: "))
+    final = json.loads(lines[-2].removeprefix("data: "))
     multi_row_steps = (live_server.metric("qlora_hub_batch_rows_count") - steps_before) - (
         live_server.metric(rows_1) - single_before
     )
 
-    assert first.startswith("data: ")
+    assert lines[0].startswith("data: ") and lines[-1] == "data: [DONE]"
     assert short.status_code == 200 and short.json()["usage"]["completion_tokens"] == 2
     assert still_decoding == 1  # the short one finished while the long one still ran
     assert final["choices"][0]["finish_reason"] == "length"
-    assert final["usage"]["completion_tokens"] == 480
+    assert final["usage"]["completion_tokens"] == LONG
     assert multi_row_steps >= 1
