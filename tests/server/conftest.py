@@ -136,9 +136,19 @@ class LiveServer:
         self.thread.join(timeout=30)
 
     def wait_idle(self, timeout_s: float = 60.0) -> None:
-        """Wait until the engine has no decoding row and no waiting request (per /metrics)."""
+        """Wait until the engine has no decoding row and no waiting request (per /metrics),
+        nor (``hf``) a prefill in flight: a request being prefilled is in neither gauge."""
+
+        def busy() -> bool:
+            prefilling = hasattr(getattr(self.state.engine, "prefill", None), "reqs")
+            return bool(
+                prefilling
+                or self.metric("qlora_hub_active_rows")
+                or self.metric("qlora_hub_queue_depth")
+            )
+
         deadline = time.monotonic() + timeout_s
-        while self.metric("qlora_hub_active_rows") or self.metric("qlora_hub_queue_depth"):
+        while busy():
             if time.monotonic() > deadline:
                 raise AssertionError(f"engine still busy after {timeout_s} s")
             time.sleep(0.02)
