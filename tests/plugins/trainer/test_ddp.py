@@ -27,8 +27,7 @@ def ddp_run(tmp_path_factory, embedded_base: Path):
         "torch.distributed.run",
         "--nproc_per_node",
         "2",
-        "--master_port",
-        "29533",
+        "--standalone",  # a free port of its own: a fixed one may be taken on a shared machine
         "-m",
         "hub",
         "--home",
