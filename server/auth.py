@@ -24,6 +24,11 @@ from pathlib import Path
 from hub.errors import ValidationError
 
 KEY_PREFIX = "qh-"
+KEY_FILE_CHECK_S = 0.01
+"""How long one look at the key file's metadata holds: a request that starts this long
+after the file changed sees the change. A burst of requests then costs a ``stat`` every
+10 ms, not one each: in the serving loop one cost about 20 µs with the interpreter lock
+released, a third of the server's time per refused request (docs/benchmarks.md)."""
 _TEAM_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 
 
@@ -48,10 +53,12 @@ def _digest(key: str) -> str:
 class KeyStore:
     """The API-key table of one data directory."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, *, check_s: float = KEY_FILE_CHECK_S) -> None:
         self.path = keys_path(home)
+        self.check_s = check_s  # how long one look at the file's metadata holds
         self._by_hash: dict[str, Caller] = {}
         self._version: tuple[int, ...] | None = None
+        self._fresh_until = 0.0  # time.monotonic() until which the last look holds
         self._lock = threading.Lock()
 
     def _records(self) -> list[dict]:
@@ -88,11 +95,21 @@ class KeyStore:
         return key_id, key
 
     def lookup(self, key: str | None) -> Caller | None:
-        """The caller a presented key belongs to, or ``None``. Re-reads the file when it changes."""
+        """The caller a presented key belongs to, or ``None``. Re-reads the file when it
+        changes (its inode, size, mtime or ctime), looking at most every ``check_s``
+        (:data:`KEY_FILE_CHECK_S`)."""
         if not key:
             return None
+        if time.monotonic() >= self._fresh_until:
+            self._refresh()
+        # a dictionary lookup of the key's SHA-256: timing can tell at most whether some
+        # stored digest shares a hash bucket with it, nothing about any key
+        return self._by_hash.get(_digest(key))
+
+    def _refresh(self) -> None:
+        """Re-read the file if it changed since the last look."""
         with self._lock:
-            try:  # one stat a request: this runs for every request, 429s included
+            try:
                 info = os.stat(self.path)
             except FileNotFoundError:
                 version = None
@@ -108,9 +125,9 @@ class KeyStore:
                     for r in self._records()
                 }
                 self._version = version
-        # a dictionary lookup of the key's SHA-256: timing can tell at most whether some
-        # stored digest shares a hash bucket with it, nothing about any key
-        return self._by_hash.get(_digest(key))
+            # set only once the file parsed: an unreadable one is tried again (and refused
+            # again, a logged 500) on every request until it is fixed
+            self._fresh_until = time.monotonic() + self.check_s
 
 
 class RateLimiter:

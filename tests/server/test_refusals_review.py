@@ -1,14 +1,18 @@
 """A review of the refusal path (server.state Refusal, server.gate, server.auth, server.app).
 
 What the protocol's gate (httptools) decides must log and count like the app's own gate
-(h11, query strings); a key file rewritten must take effect at once.
+(h11, query strings); a key file rewritten must take effect at once (within
+``KEY_FILE_CHECK_S``, 10 ms).
 """
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
+from server.auth import KEY_FILE_CHECK_S
 from tests.server.conftest import start_small_server
 
 
@@ -55,7 +59,7 @@ def test_a_key_removed_from_the_file_is_refused_at_once_when_the_rewrite_keeps_t
 
     from server.auth import KeyStore, keys_path
 
-    store = KeyStore(tmp_path)
+    store = KeyStore(tmp_path, check_s=0)  # every lookup looks at the file (see test_keys)
     kept = store.create("alpha")[1]
     revoked = store.create("beta")[1]
     assert store.lookup(revoked).team == "beta"
@@ -80,6 +84,7 @@ def test_an_unreadable_key_file_is_answered_alike_by_both_gates(live) -> None:
     saved = path.read_bytes()
     try:
         path.write_text('{"keys": [')
+        time.sleep(2 * KEY_FILE_CHECK_S)  # the server's last look at the file has lapsed
         answers = [
             httpx.post(
                 live.url + target,
