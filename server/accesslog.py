@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import logging
 import os
-import random
 import re
 import secrets
 import time
@@ -14,12 +15,23 @@ from typing import Any
 log = logging.getLogger("qlora_hub.server.access")
 UNKNOWN_PATH = "(unknown)"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-# Request ids only tie log lines together (a caller may choose its own): 128 bits from a
-# generator seeded once from the OS, and again in a forked child, so that a burst of
-# refusals makes no system call per request (os.urandom releases the interpreter lock,
-# and the serving loop then waits for the engine's thread to hand it back).
-_ids = random.Random(secrets.randbits(256))
-os.register_at_fork(after_in_child=lambda: _ids.seed(secrets.randbits(256)))
+# Request ids only tie log lines together (a caller may choose its own), but every client
+# sees one, refusals included: ids from a generator whose outputs reveal its state (random's
+# Mersenne Twister: 156 ids of 128 bits) would tell any client how many requests others made
+# between two of its own, and the id the next one gets. A keyed BLAKE2b of a counter costs
+# the same and makes no system call per request (os.urandom releases the interpreter lock,
+# and the serving loop then waits for the engine's thread to hand it back); a forked child
+# draws its own key.
+_id_key = secrets.token_bytes(32)
+_id_count = itertools.count()
+
+
+def _new_id_key() -> None:
+    global _id_key
+    _id_key = secrets.token_bytes(32)
+
+
+os.register_at_fork(after_in_child=_new_id_key)
 
 
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
@@ -29,7 +41,8 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
             text = value.decode("latin-1")
             if _REQUEST_ID.match(text):
                 return text
-    return f"{_ids.getrandbits(128):032x}"
+    number = next(_id_count).to_bytes(8, "little")
+    return hashlib.blake2b(number, key=_id_key, digest_size=16).hexdigest()
 
 
 def on_close(scope: dict, callback: Any) -> None:

@@ -109,6 +109,9 @@ class KeyStore:
     def _refresh(self) -> None:
         """Re-read the file if it changed since the last look."""
         with self._lock:
+            # the interval counts from before the look: a rewrite that lands while the file
+            # is stat'ed, read or parsed is seen by the next look, due check_s after ``began``
+            began = time.monotonic()
             try:
                 info = os.stat(self.path)
             except FileNotFoundError:
@@ -127,7 +130,7 @@ class KeyStore:
                 self._version = version
             # set only once the file parsed: an unreadable one is tried again (and refused
             # again, a logged 500) on every request until it is fixed
-            self._fresh_until = time.monotonic() + self.check_s
+            self._fresh_until = began + self.check_s
 
 
 class RateLimiter:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import time
 
@@ -82,3 +83,52 @@ def test_request_ids_are_128_bit_hex_distinct_and_differ_in_a_forked_child() -> 
     # without a reseed after fork the child's next id would be the parent's next id
     assert re.fullmatch(r"[0-9a-f]{32}", child)
     assert child != request_id_from([])
+
+
+def test_a_rewrite_during_a_look_is_seen_check_s_after_the_rewrite(tmp_path) -> None:
+    """The operator's rewrite lands while a look reads the file (which then takes 50 ms
+    more: a large file parsed, or the interpreter lock held by the engine): every lookup
+    that starts ``check_s`` after the rewrite refuses the removed key."""
+    revoked = KeyStore(tmp_path).create("beta")[1]
+    rewritten: list[float] = []
+
+    class SlowLook(KeyStore):  # the real file, rewritten after the read, before the look ends
+        def _records(self) -> list[dict]:
+            records = super()._records()
+            if not rewritten:
+                _drop_team(tmp_path, "beta")
+                rewritten.append(time.monotonic())
+                time.sleep(0.05)
+            return records
+
+    store = SlowLook(tmp_path)
+    assert store.lookup(revoked).team == "beta"  # that look started before the rewrite
+    assert time.monotonic() >= rewritten[0] + store.check_s
+    assert store.lookup(revoked) is None
+
+
+def _untemper(y: int) -> int:
+    """One Mersenne Twister state word from one 32-bit output."""
+    y ^= y >> 18
+    y ^= (y << 15) & 0xEFC60000
+    t = y
+    for _ in range(5):
+        t = y ^ ((t << 7) & 0x9D2C5680)
+    y, t = t & 0xFFFFFFFF, t & 0xFFFFFFFF
+    for _ in range(3):
+        t = y ^ (t >> 11)
+    return t & 0xFFFFFFFF
+
+
+def test_the_ids_a_client_sees_do_not_tell_the_next_ones() -> None:
+    """Every client sees an id, refusals included. 156 ids from Python's Mersenne Twister
+    give away its whole state: a client could then count the requests others made between
+    two of its own, and know the next id."""
+    words = []
+    for rid in (request_id_from([]) for _ in range(156)):
+        value = int(rid, 16)
+        words += [(value >> (32 * k)) & 0xFFFFFFFF for k in range(4)]
+    clone = random.Random()
+    clone.setstate((3, (*(_untemper(w) for w in words), 624), None))
+    predicted = {f"{clone.getrandbits(128):032x}" for _ in range(100)}
+    assert not predicted & {request_id_from([]) for _ in range(100)}
