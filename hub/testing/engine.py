@@ -134,12 +134,20 @@ class EngineContract:
         whose ``max_queue`` is smaller than the list (the guide's TinyEngine holds 8) is
         given the next one once a place frees up, not refused."""
         deadline = time.monotonic() + WAIT_S
+        handed: list[GenRequest] = []
         for req in requests:
             while True:
+                # at most these can still wait in its queue: any other has a token already
+                waiting = sum(not r.generated for r in handed)
                 try:
                     engine.submit(req)
+                    handed.append(req)
                     break
                 except QueueFullError:
+                    assert waiting >= engine.max_queue, (
+                        f"QueueFullError with at most {waiting} of max_queue="
+                        f"{engine.max_queue} requests waiting"
+                    )
                     assert time.monotonic() < deadline, "the engine's queue never freed a place"
                     time.sleep(0.005)
 
@@ -241,8 +249,10 @@ class EngineContract:
         try:
             rows = [self.request(engine, h, max_tokens=8) for h in handles * 2]
             base, base_out = self.request(engine, 0, max_tokens=8)
-            self.submit_all(engine, [req for req, _ in rows[:4]] + [base])
-            self.submit_all(engine, [req for req, _ in rows[4:]])
+            # one call: it counts what it handed over (a second call would not see the first's)
+            self.submit_all(
+                engine, [req for req, _ in rows[:4]] + [base] + [r for r, _ in rows[4:]]
+            )
             for _, out in [*rows, (base, base_out)]:
                 assert out.done.wait(WAIT_S), "a request never ended"
         finally:
