@@ -112,6 +112,8 @@ class KeyStore:
             # the interval counts from before the look: a rewrite that lands while the file
             # is stat'ed, read or parsed is seen by the next look, due check_s after ``began``
             began = time.monotonic()
+            if began < self._fresh_until:  # another thread looked while this one waited
+                return
             try:
                 info = os.stat(self.path)
             except FileNotFoundError:

@@ -8,7 +8,8 @@ import subprocess
 import sys
 
 
-def test_bench_s3_reports_vault_and_raw_figures_for_each_size(s3_url, tmp_path):
+def _bench_s3(tmp_path, *args: str, env: dict[str, str]) -> dict:
+    """``qlora-hub bench s3 ARGS --json`` in its own process; the parsed JSON."""
     proc = subprocess.run(
         [
             sys.executable,
@@ -18,21 +19,22 @@ def test_bench_s3_reports_vault_and_raw_figures_for_each_size(s3_url, tmp_path):
             str(tmp_path / "h"),
             "bench",
             "s3",
-            "--url",
-            s3_url,
-            "--sizes",
-            "1",
-            "--repeats",
-            "1",
+            *args,
             "--json",
         ],
         capture_output=True,
         text=True,
         timeout=300,
-        env=dict(os.environ),
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout)
+    return json.loads(proc.stdout)
+
+
+def test_bench_s3_reports_vault_and_raw_figures_for_each_size(s3_url, tmp_path):
+    result = _bench_s3(
+        tmp_path, "--url", s3_url, "--sizes", "1", "--repeats", "1", env=dict(os.environ)
+    )
     (row,) = result["results"]
     assert row["size_mb"] == 1.0
     for key in ("raw_put_mb_s", "push_mb_s", "raw_get_mb_s", "pull_mb_s", "pull_cold_mb_s"):
@@ -50,28 +52,9 @@ def test_bench_s3_reports_vault_and_raw_figures_for_each_size(s3_url, tmp_path):
 
 
 def test_bench_s3_with_its_own_server_reads_that_servers_cpu_time(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hub",
-            "--home",
-            str(tmp_path / "h"),
-            "bench",
-            "s3",
-            "--sizes",
-            "16",
-            "--repeats",
-            "2",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "QLORA_HUB_S3"))},
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout)
+    # no endpoint and no credentials given: it starts its own moto
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "QLORA_HUB_S3"))}
+    result = _bench_s3(tmp_path, "--sizes", "16", "--repeats", "2", env=env)
     (row,) = result["results"]
     assert result["server_cpu_measured"] is True
     assert row["cpu_ms"]["pull"]["server"] > 0  # moto's own process served the pulls
