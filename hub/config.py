@@ -95,6 +95,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, type]]] = {
         "max_header_bytes": (16384, int),
         "graceful_shutdown_s": (30.0, float),
         "switch_interval_ms": (5.0, float),  # the serving process's GIL switch interval
+        "gc_threshold": (50_000, int),  # young objects between two collections while serving
         "metrics_max_label_values": (100, int),
         "unknown_fields": ("reject", str),  # request fields no OpenAI field: "reject" or "ignore"
     },

@@ -14,6 +14,7 @@ from litestar import Litestar, MediaType, Request, Response, delete, get, post
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 
+from hub.errors import ConfigError
 from server.api import APIError, chat_completions, completions, get_model, list_models, not_found
 from server.cache import AdapterUnavailable, CacheBusy, StorageUnavailable
 from server.errors import storage_unavailable
@@ -136,18 +137,44 @@ def _openai_error(request: Request, exc: Exception) -> Response:
     return Response(body, status_code=status, headers=headers)
 
 
-def freeze_heap() -> None:
-    """Take what start-up built (the base, tokenizer and libraries: about 510,000 objects
-    on the embedded base) out of the garbage collector's reach for the server's life.
+class Collector:
+    """The garbage collector's settings while the app runs: set at start-up, given back at
+    shutdown (so a process that goes on, tests or benches, collects as before).
 
-    A full collection walks every tracked object with the interpreter lock held: 250 ms
-    on the embedded base, a pause the event loop and every request would share, due
-    each time enough new objects have outlived two younger collections. Frozen objects
-    are skipped; the app's shutdown unfreezes them, so a process that goes on (tests,
-    benches) collects them again.
+    - What start-up built (the base, tokenizer and libraries: about 510,000 objects on the
+      embedded base) is frozen out of the collector's reach. A full collection walks every
+      tracked object with the interpreter lock held: 250 ms on the embedded base, a pause
+      the event loop and every request would share.
+    - A young collection runs once ``threshold`` more container objects were made than
+      freed (``serve.gc_threshold``; Python's 700). A request in flight holds a few hundred
+      of them (scope, task, parsed body, sampling state), so at 700 a burst of 1,000
+      requests ran about 80 young and 7 middle collections on the loop: 20-35 ms with the
+      lock held, in the window its 429s wait in. At 50,000 none ran there; one such
+      collection costs about 2 ms when every young object survives (docs/benchmarks.md).
+      Objects freed by their reference count never wait for it.
     """
-    gc.collect()
-    gc.freeze()
+
+    def __init__(self, threshold: int) -> None:
+        if threshold < 1:
+            raise ConfigError(
+                f"serve.gc_threshold is {threshold}: set it to 1 or more (Python's default is 700)"
+            )
+        self.threshold = threshold
+        self._saved: tuple[int, ...] | None = None
+
+    def start(self) -> None:
+        """Freeze the heap built so far and set the young threshold."""
+        gc.collect()
+        gc.freeze()
+        self._saved = gc.get_threshold()
+        gc.set_threshold(self.threshold, *self._saved[1:])
+
+    def stop(self) -> None:
+        """Give the thresholds back and unfreeze."""
+        if self._saved is not None:
+            gc.set_threshold(*self._saved)
+            self._saved = None
+        gc.unfreeze()
 
 
 def create_app(state: ServerState, hub: Any = None, *, max_body_bytes: int = 1 << 20) -> Litestar:
@@ -158,6 +185,7 @@ def create_app(state: ServerState, hub: Any = None, *, max_body_bytes: int = 1 <
     from server.accesslog import AccessLogMiddleware
     from server.gate import AdmissionGate, ProtocolGate
 
+    collector = Collector(state.gc_threshold)
     series: dict[tuple[str, int], tuple[Any, Any]] = {}  # routes x statuses: bounded
 
     def observe(path: str, status: int, seconds: float) -> None:
@@ -187,8 +215,8 @@ def create_app(state: ServerState, hub: Any = None, *, max_body_bytes: int = 1 <
         exception_handlers={Exception: _openai_error},
         openapi_config=OpenAPIConfig(title="qlora-hub", version="1", path="/schema"),
         request_max_body_size=max_body_bytes,
-        on_startup=[lambda: state.engine.start(), freeze_heap],
-        on_shutdown=[lambda: state.engine.stop(), gc.unfreeze],
+        on_startup=[lambda: state.engine.start(), collector.start],
+        on_shutdown=[lambda: state.engine.stop(), collector.stop],
         debug=False,
         # Litestar's default config puts an INFO handler on the root logger, which prints
         # every library's INFO lines (httpx's per-request ones too); the server logs its own

@@ -9,9 +9,10 @@ the scope, so the handlers' own :meth:`ServerState.authenticate` and
 Under ``serve``'s HTTP protocol (:mod:`server.http`) the same decision is taken earlier
 still, by :class:`ProtocolGate`, as soon as a request's headers are parsed: a refusal is
 written to the socket from the parser's callback, with no ASGI task, scope walk or
-middleware call. A burst of 1,000 requests at a full server is answered in the time the
-parser needs to read them (docs/benchmarks.md); the answers are the same bytes the ASGI
-path writes, logged and counted the same way.
+middleware call. Earlier yet, a connection's first bytes holding a whole, plain request
+head for a generation path (:func:`plain_head`) are decided before the parser sees them,
+so a burst of refusals costs no parser callback either (docs/benchmarks.md). The answers
+are the same bytes the ASGI path writes, logged and counted the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import asyncio
 import functools
 import json
 import logging
+import re
 import time
 from http import HTTPStatus
 from typing import Any
@@ -31,6 +33,17 @@ GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
 # the gate's own failure (say an unreadable key file), answered as the app answers any error
 FAILED = Refusal(500, "internal server error", "error")
 log = logging.getLogger("qlora_hub.server")
+
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 9110 field names
+# a generation request's head with nothing the parser could read differently: HTTP/1.1,
+# the exact path (no query, no percent-encoding), CRLF line ends, field names that are
+# tokens right before their colon, values of visible ASCII, spaces and tabs (no obs-fold,
+# no obs-text). No part can match a CR, so a match is linear in the head's length.
+_PLAIN_HEAD = re.compile(
+    rb"POST (/v1/completions|/v1/chat/completions) HTTP/1\.1\r\n"
+    rb"((?:" + _TOKEN + rb":[\t\x20-\x7e]*\r\n)*)\r\n"
+)
+_FIELD = re.compile(rb"(" + _TOKEN + rb"):([\t\x20-\x7e]*)\r\n")
 
 
 class AdmissionGate:
@@ -102,6 +115,26 @@ def _rendered(refused: Refusal) -> tuple[int, tuple[tuple[bytes, bytes], ...], b
     head = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()
     head += b"".join(name + b": " + value + b"\r\n" for name, value in headers)
     return status, tuple(headers), body, head
+
+
+def plain_head(data: bytes, limit: int) -> tuple[str, list[tuple[bytes, bytes]]] | None:
+    """The path and headers (names lower-cased, values without the whitespace around them,
+    as the parser gives them) of the generation request whose head begins ``data``.
+
+    ``None`` unless the head is whole within ``limit`` bytes and plain (:data:`_PLAIN_HEAD`)
+    and asks no protocol upgrade: anything else is left to the parser, which reads it
+    exactly as before, so a head read here is one the parser would read the same way.
+    """
+    end = data.find(b"\r\n\r\n", 0, limit + 4)
+    if end < 0:
+        return None
+    match = _PLAIN_HEAD.match(data, 0, end + 4)
+    if match is None:
+        return None
+    headers = [(name.lower(), value.strip(b" \t")) for name, value in _FIELD.findall(match[2])]
+    if any(name == b"upgrade" for name, _ in headers):
+        return None
+    return match[1].decode("ascii"), headers
 
 
 class ProtocolGate:

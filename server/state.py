@@ -74,6 +74,7 @@ class ServerState:
     started: int = field(default_factory=lambda: int(time.time()))
     ready: bool = True
     unknown_fields: str = "reject"  # "ignore": request fields that are no OpenAI field pass
+    gc_threshold: int = 700  # the collector's first threshold while the app runs (Python's)
     admission: Admission = field(init=False)
 
     def __post_init__(self) -> None:
@@ -205,4 +206,5 @@ def build_state(
         request_timeout_s=s("serve.request_timeout_s"),
         base_fingerprint=engine.base_fingerprint,
         unknown_fields=s("serve.unknown_fields"),
+        gc_threshold=s("serve.gc_threshold"),
     )

@@ -8,13 +8,15 @@ counted under the route.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import time
 from typing import Any
 
 import pytest
 
-from tests.server.conftest import start_uvicorn
+from tests.server.conftest import start_uvicorn, wait_until
 
 
 class CountingApp:
@@ -218,7 +220,8 @@ def test_the_heap_built_at_start_up_is_frozen_while_the_app_runs_and_released_at
     small_home, embedded_base
 ) -> None:
     """A full collection over the loaded base (about 250 ms with the lock held) would stall
-    every request on the loop: start-up freezes what it built, shutdown lets it go."""
+    every request on the loop: start-up freezes what it built and raises the young
+    threshold, shutdown gives both back."""
     import gc
 
     from litestar.testing import TestClient
@@ -233,12 +236,183 @@ def test_the_heap_built_at_start_up_is_frozen_while_the_app_runs_and_released_at
     app = create_app(state, hub)
     gc.unfreeze()  # whatever another server left frozen does not count here
     assert gc.get_freeze_count() == 0
+    before = gc.get_threshold()
     with TestClient(app) as client:
         assert client.get("/health").status_code == 200
         assert gc.get_freeze_count() > 10_000
+        # young collections wait for serve.gc_threshold new objects, not Python's 700
+        assert gc.get_threshold() == (50_000, *before[1:])
         # the state and the base's modules are out of the collector's generations
         tracked = {id(o) for o in gc.get_objects()}
         assert id(state) not in tracked
         assert id(state.engine) not in tracked
     assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == before
     assert id(state) in {id(o) for o in gc.get_objects()}
+
+    from hub.errors import ConfigError
+
+    state.gc_threshold = 0
+    with pytest.raises(ConfigError) as refused:
+        create_app(state, hub)
+    assert str(refused.value) == (
+        "serve.gc_threshold is 0: set it to 1 or more (Python's default is 700)"
+    )
+
+
+@contextlib.contextmanager
+def parsed_heads(served):
+    """Count the request heads the server's parser began (``on_message_begin``) meanwhile."""
+    protocol = served["server"].config.http
+    begun = {"heads": 0}
+    original = protocol.on_message_begin
+
+    def counted(self) -> None:
+        begun["heads"] += 1
+        original(self)
+
+    protocol.on_message_begin = counted
+    try:
+        yield begun
+    finally:
+        del protocol.on_message_begin  # the class's own again
+
+
+def exchange_in_two(url: str, raw: bytes, cut: int) -> bytes:
+    """:func:`exchange`, the first ``cut`` bytes arriving alone, the rest 50 ms later."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(raw[:cut])
+        time.sleep(0.05)
+        sock.sendall(raw[cut:])
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_refusal_in_the_first_bytes_is_answered_before_the_parser_as_the_parser_would(
+    served,
+) -> None:
+    state, url = served["state"], served["url"]
+    saved, state.engine.max_queue = state.engine.max_queue, 0
+    try:
+        with parsed_heads(served) as early:
+            whole = {
+                401: exchange(url, post("/v1/completions", "qh-not-a-key", b"{}", rid="e-1")),
+                429: exchange(url, post("/v1/chat/completions", served["keys"]["alpha"], b"{}")),
+            }
+        assert early["heads"] == 0  # neither reached the parser
+        with parsed_heads(served) as parsed:
+            cut = {  # the head's last byte arrives alone: the parser's callback answers
+                401: post("/v1/completions", "qh-not-a-key", b"{}", rid="e-1"),
+                429: post("/v1/chat/completions", served["keys"]["alpha"], b"{}"),
+            }
+            cut = {
+                k: exchange_in_two(url, raw, raw.index(b"\r\n\r\n") + 3) for k, raw in cut.items()
+            }
+        assert parsed["heads"] == 2
+    finally:
+        state.engine.max_queue = saved
+    for status, answer in whole.items():
+        (line_w, headers_w, body_w), (line_c, headers_c, body_c) = split(answer), split(cut[status])
+        assert line_w == line_c and line_w.startswith(f"HTTP/1.1 {status} ")
+        assert body_w == body_c
+        for name in ("x-request-id", "date"):
+            headers_w.pop(name), headers_c.pop(name)
+        assert headers_w == headers_c
+    assert split(whole[401])[1]["x-request-id"] == "e-1"
+    assert state.admission.holding == 0
+
+
+def test_a_request_admitted_from_its_first_bytes_keeps_its_place_caller_and_rate(
+    served, access_log
+) -> None:
+    from server.auth import RateLimiter
+
+    state = served["state"]
+    good = json.dumps({"model": "r0", "prompt": "hi", "max_tokens": 2, "temperature": 0})
+    saved, state.limiter = state.limiter, RateLimiter(1)  # one request a minute per key
+    try:
+        with parsed_heads(served) as parsed:
+            answer = exchange(
+                served["url"],
+                post("/v1/completions", served["keys"]["alpha"], good.encode(), rid="e-2"),
+            )
+            again = exchange(served["url"], post("/v1/completions", served["keys"]["alpha"], b"{}"))
+    finally:
+        state.limiter = saved
+    status, _, body = split(answer)
+    assert status == "HTTP/1.1 200 OK"  # its one token was spent once, not again by the parser
+    assert json.loads(body)["usage"]["completion_tokens"] == 2
+    assert split(again)[0] == "HTTP/1.1 429 Too Many Requests"  # the minute's token is gone
+    assert parsed["heads"] == 1  # the admitted one went on through the parser
+    (line,) = access_log("e-2")
+    assert (line["status"], line["team"]) == (200, "alpha")
+    assert state.admission.holding == 0
+
+
+def test_a_place_taken_from_the_first_bytes_goes_back_when_the_parser_refuses_the_head(
+    served,
+) -> None:
+    state, counter = served["state"], served["counter"]
+    before = counter.calls
+    raw = post("/v1/completions", served["keys"]["alpha"], b"{}", length=2).replace(
+        b"Content-Length: 2", b"Content-Length: two"
+    )
+    answer = exchange(served["url"], raw)
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert counter.calls == before
+    wait_until(lambda: state.admission.holding == 0, what="the place given back")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        (b"Host: test\r\n", b"Host: test\r\n folded\r\n"),  # obs-fold
+        (b"Host: test\r\n", b"Host : test\r\n"),  # space before the colon
+        (b"Host: test\r\n", b"Host: test\n"),  # a bare LF
+        (b"Host: test\r\n", b"Host: t\xe9st\r\n"),  # obs-text
+        (b"Host: test\r\n", b"Host: test\r\nUpgrade: websocket\r\n"),
+        (b" HTTP/1.1\r\n", b" HTTP/1.0\r\n"),
+        (b"POST /v1/completions ", b"POST /v1/completions?x=1 "),
+        (b"POST /v1/completions ", b"POST /v1/%63ompletions "),
+    ],
+    ids=["obs-fold", "space-colon", "bare-lf", "obs-text", "upgrade", "http10", "query", "escaped"],
+)
+def test_a_head_that_is_not_plain_is_left_to_the_parser(served, edit) -> None:
+    raw = post("/v1/completions", "qh-not-a-key", b"{}").replace(*edit)
+    with parsed_heads(served) as parsed:
+        whole = exchange(served["url"], raw)
+        cut = exchange_in_two(served["url"], raw, 10)
+    assert parsed["heads"] == 2  # the parser read it, whole or cut: the same answer
+    assert split(whole)[0] == split(cut)[0]
+    assert served["state"].admission.holding == 0
+
+
+def test_plain_head_reads_fields_as_the_parser_does_and_in_linear_time() -> None:
+    from server.gate import plain_head
+
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization:\t Bearer k \t\r\n"
+        b"X-Empty:\r\nX-Request-ID: a:b\r\n\r\n{}"
+    )
+    assert plain_head(head, 16384) == (
+        "/v1/chat/completions",
+        [
+            (b"host", b"x"),
+            (b"authorization", b"Bearer k"),
+            (b"x-empty", b""),
+            (b"x-request-id", b"a:b"),
+        ],
+    )
+    assert plain_head(head, 40) is None  # the head's end lies past the limit
+    assert plain_head(head[:-4], 16384) is None  # no end of head yet
+    started = time.perf_counter()
+    spaces = (
+        b"POST /v1/completions HTTP/1.1\r\nX: a" + b" " * 65536 + b"\r\n" + b"Y: " + b"\t" * 300
+    )
+    assert plain_head(spaces + b"\r\n\r\n", 1 << 20) is not None
+    assert plain_head(spaces + b"\x01\r\n\r\n", 1 << 20) is None
+    # linear: microseconds; a pattern backtracking over the whitespace would take minutes
+    assert time.perf_counter() - started < 5
