@@ -44,6 +44,7 @@ _PLAIN_HEAD = re.compile(
     rb"((?:" + _TOKEN + rb":[\t\x20-\x7e]*\r\n)*)\r\n"
 )
 _FIELD = re.compile(rb"(" + _TOKEN + rb"):([\t\x20-\x7e]*)\r\n")
+_LENGTH = re.compile(rb"[0-9]{1,18}[\t ]*")  # a Content-Length llhttp reads as a number
 
 
 class AdmissionGate:
@@ -118,12 +119,16 @@ def _rendered(refused: Refusal) -> tuple[int, tuple[tuple[bytes, bytes], ...], b
 
 
 def plain_head(data: bytes, limit: int) -> tuple[str, list[tuple[bytes, bytes]]] | None:
-    """The path and headers (names lower-cased, values without the whitespace around them,
-    as the parser gives them) of the generation request whose head begins ``data``.
+    """The path and headers (names lower-cased, values without the whitespace before them,
+    as the parser gives them: llhttp keeps what follows a value) of the generation request
+    whose head begins ``data``.
 
-    ``None`` unless the head is whole within ``limit`` bytes and plain (:data:`_PLAIN_HEAD`)
-    and asks no protocol upgrade: anything else is left to the parser, which reads it
-    exactly as before, so a head read here is one the parser would read the same way.
+    ``None`` unless the head is whole within ``limit`` bytes and plain (:data:`_PLAIN_HEAD`),
+    asks no protocol upgrade and frames its body as the parser surely accepts (no
+    ``Transfer-Encoding``, at most one ``Content-Length`` of up to 18 digits; llhttp answers
+    400 to a duplicate, empty, signed or overflowing one, and to most transfer codings):
+    anything else is left to the parser, which reads it exactly as before, so a head read
+    here is one the parser would read the same way, never one it would refuse as malformed.
     """
     end = data.find(b"\r\n\r\n", 0, limit + 4)
     if end < 0:
@@ -131,9 +136,15 @@ def plain_head(data: bytes, limit: int) -> tuple[str, list[tuple[bytes, bytes]]]
     match = _PLAIN_HEAD.match(data, 0, end + 4)
     if match is None:
         return None
-    headers = [(name.lower(), value.strip(b" \t")) for name, value in _FIELD.findall(match[2])]
-    if any(name == b"upgrade" for name, _ in headers):
-        return None
+    headers = [(name.lower(), value.lstrip(b" \t")) for name, value in _FIELD.findall(match[2])]
+    lengths = 0
+    for name, value in headers:
+        if name == b"content-length":
+            lengths += 1
+            if lengths > 1 or not _LENGTH.fullmatch(value):
+                return None
+        elif name in (b"upgrade", b"transfer-encoding"):
+            return None
     return match[1].decode("ascii"), headers
 
 

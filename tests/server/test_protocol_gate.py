@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import time
 from typing import Any
@@ -352,18 +353,51 @@ def test_a_request_admitted_from_its_first_bytes_keeps_its_place_caller_and_rate
     assert state.admission.holding == 0
 
 
-def test_a_place_taken_from_the_first_bytes_goes_back_when_the_parser_refuses_the_head(
-    served,
-) -> None:
-    state, counter = served["state"], served["counter"]
-    before = counter.calls
-    raw = post("/v1/completions", served["keys"]["alpha"], b"{}", length=2).replace(
-        b"Content-Length: 2", b"Content-Length: two"
-    )
-    answer = exchange(served["url"], raw)
-    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
-    assert counter.calls == before
-    wait_until(lambda: state.admission.holding == 0, what="the place given back")
+@pytest.mark.parametrize(
+    "edit",
+    [
+        (b"Content-Length: 2\r\n", b"Content-Length: two\r\n"),
+        (b"Content-Length: 2\r\n", b"Content-Length: 2\r\nContent-Length: 2\r\n"),
+        (b"Content-Length: 2\r\n", b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n"),
+    ],
+    ids=["not-a-number", "duplicate-length", "length-and-chunked"],
+)
+def test_a_head_the_parser_refuses_is_its_400_taking_no_place_nor_rate(served, edit) -> None:
+    """A plain head llhttp refuses is left to it: the 400 it answers, with or without a
+    key, spends no rate token and takes no queue place (from the first bytes, a keyless one
+    was answered 401, and a keyed one spent the key's token before the parser's 400)."""
+    from server.auth import RateLimiter
+
+    state, counter, url = served["state"], served["counter"], served["url"]
+    key, before = served["keys"]["alpha"], counter.calls
+    good = json.dumps({"model": "r0", "prompt": "hi", "max_tokens": 1}).encode()
+    saved, state.limiter = state.limiter, RateLimiter(1)  # one request a minute per key
+    try:
+        with parsed_heads(served) as parsed:
+            answers = [
+                exchange(url, post("/v1/completions", k, b"{}").replace(*edit)) for k in (key, None)
+            ]
+        assert parsed["heads"] == 2  # both went to the parser
+        after = exchange(url, post("/v1/completions", key, good))
+    finally:
+        state.limiter = saved
+    assert all(a.startswith(b"HTTP/1.1 400 Bad Request\r\n") for a in answers), answers
+    assert counter.calls == before + 1  # only the last request reached the app
+    assert split(after)[0] == "HTTP/1.1 200 OK"  # the key's one token was still there
+    wait_until(lambda: state.admission.holding == 0, what="no place held")
+
+
+def test_a_request_id_followed_by_whitespace_is_read_as_the_parser_reads_it(served) -> None:
+    """llhttp keeps the whitespace after a value: ``X-Request-ID: e-3 `` is no well-formed
+    id, so the refusal gets a fresh one, whether its head arrives whole or cut in two."""
+    url = served["url"]
+    raw = post("/v1/completions", "qh-not-a-key", b"{}", rid="e-3 ")
+    whole = exchange(url, raw)
+    cut = exchange_in_two(url, raw, raw.index(b"\r\n\r\n") + 3)
+    for answer in (whole, cut):
+        line, headers, _ = split(answer)
+        assert line == "HTTP/1.1 401 Unauthorized"
+        assert re.fullmatch("[0-9a-f]{32}", headers["x-request-id"]), headers["x-request-id"]
 
 
 @pytest.mark.parametrize(
@@ -401,7 +435,7 @@ def test_plain_head_reads_fields_as_the_parser_does_and_in_linear_time() -> None
         "/v1/chat/completions",
         [
             (b"host", b"x"),
-            (b"authorization", b"Bearer k"),
+            (b"authorization", b"Bearer k \t"),  # llhttp keeps what follows a value
             (b"x-empty", b""),
             (b"x-request-id", b"a:b"),
         ],
