@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import logging
 import re
+import threading
 from typing import Any
 
 from litestar import Litestar, MediaType, Request, Response, delete, get, post
@@ -23,6 +24,7 @@ from server.state import ServerState, build_state
 __all__ = ["ServerState", "build_state", "create_app"]
 
 log = logging.getLogger("qlora_hub.server")
+_C_INT_MAX = 2**31 - 1
 
 
 @get("/health", sync_to_thread=False)
@@ -152,29 +154,61 @@ class Collector:
       lock held, in the window its 429s wait in. At 50,000 none ran there; one such
       collection costs about 2 ms when every young object survives (docs/benchmarks.md).
       Objects freed by their reference count never wait for it.
+
+    The collector is the process's: apps running side by side in one process (tests,
+    benches) share it through ``shared``. The heap stays frozen until the last of them
+    stops, the threshold is the one of the latest started still running, and Python's
+    own come back with the last stop. A collector stopped without having started (Litestar
+    runs the shutdown hooks also when a start-up hook failed) changes nothing.
     """
 
-    def __init__(self, threshold: int) -> None:
+    class Shared:
+        """The collectors started and not yet stopped, and the thresholds before the first."""
+
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+            self.running: list[Collector] = []
+            self.saved: tuple[int, ...] = ()
+
+    process = Shared()  # this process's, unless a test passes its own
+
+    def __init__(self, threshold: int, shared: Collector.Shared | None = None) -> None:
         if threshold < 1:
             raise ConfigError(
                 f"serve.gc_threshold is {threshold}: set it to 1 or more (Python's default is 700)"
             )
+        if threshold > _C_INT_MAX:  # gc.set_threshold takes a C int: OverflowError at start-up
+            raise ConfigError(
+                f"serve.gc_threshold is {threshold}: set it to {_C_INT_MAX} or less"
+                " (Python's default is 700)"
+            )
         self.threshold = threshold
-        self._saved: tuple[int, ...] | None = None
+        self.shared = shared or Collector.process
 
     def start(self) -> None:
         """Freeze the heap built so far and set the young threshold."""
-        gc.collect()
-        gc.freeze()
-        self._saved = gc.get_threshold()
-        gc.set_threshold(self.threshold, *self._saved[1:])
+        shared = self.shared
+        with shared.lock:
+            gc.collect()
+            gc.freeze()
+            if not shared.running:
+                shared.saved = gc.get_threshold()
+            if self not in shared.running:
+                shared.running.append(self)
+            gc.set_threshold(self.threshold, *shared.saved[1:])
 
     def stop(self) -> None:
-        """Give the thresholds back and unfreeze."""
-        if self._saved is not None:
-            gc.set_threshold(*self._saved)
-            self._saved = None
-        gc.unfreeze()
+        """Give the thresholds back and unfreeze, unless another app still runs."""
+        shared = self.shared
+        with shared.lock:
+            if self not in shared.running:  # never started, or stopped already
+                return
+            shared.running.remove(self)
+            if shared.running:  # another app still serves: its heap stays frozen
+                gc.set_threshold(shared.running[-1].threshold, *shared.saved[1:])
+                return
+            gc.set_threshold(*shared.saved)
+            gc.unfreeze()
 
 
 def create_app(state: ServerState, hub: Any = None, *, max_body_bytes: int = 1 << 20) -> Litestar:

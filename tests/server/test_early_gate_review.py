@@ -1,4 +1,5 @@
-"""Review of the early admission decision (server.gate.plain_head).
+"""Review of the early admission decision (server.gate.plain_head) and the garbage
+collector's settings while apps run (server.app.Collector).
 
 A head ``plain_head`` reads must be one llhttp (httptools, serve's parser) reads the same
 way: the same fields and values, no 400, no upgrade. Otherwise a request is answered or
@@ -7,6 +8,7 @@ admitted for what the parser would refuse, or under a request id it would not gi
 
 from __future__ import annotations
 
+import gc
 import random
 
 import pytest
@@ -108,3 +110,61 @@ def test_plain_head_agrees_with_the_parser_on_random_heads() -> None:
         read += 1
         assert parsed(raw) == (early[1], False), raw
     assert read > 1000  # the property was tried on many heads plain_head reads
+
+
+@pytest.fixture
+def shared():
+    """A registry of running collectors of its own (another test's server may be running
+    in this process: its collector is in the process-wide one), the heap unfrozen."""
+    from server.app import Collector
+
+    threshold = gc.get_threshold()
+    gc.unfreeze()
+    yield Collector.Shared()
+    gc.set_threshold(*threshold)
+
+
+def test_an_app_stopping_while_another_runs_leaves_its_collector_settings(shared) -> None:
+    from server.app import Collector
+
+    before = gc.get_threshold()
+    first, second = Collector(50_000, shared), Collector(20_000, shared)
+    first.start()
+    second.start()
+    frozen = gc.get_freeze_count()
+    assert frozen > 0 and gc.get_threshold() == (20_000, *before[1:])
+    first.stop()  # the second still serves: its heap stays frozen, its threshold set
+    assert gc.get_freeze_count() >= frozen
+    assert gc.get_threshold() == (20_000, *before[1:])
+    second.stop()  # the last one gives Python's settings back
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == before
+
+
+def test_a_collector_stopped_without_starting_changes_nothing(shared) -> None:
+    """Litestar runs the shutdown hooks also when a start-up hook failed: a server whose
+    engine did not start must not unfreeze another server's heap."""
+    from server.app import Collector
+
+    before = gc.get_threshold()
+    running, failed = Collector(50_000, shared), Collector(50_000, shared)
+    running.start()
+    frozen = gc.get_freeze_count()
+    failed.stop()
+    assert gc.get_freeze_count() == frozen
+    assert gc.get_threshold() == (50_000, *before[1:])
+    running.stop()
+    running.stop()  # twice: nothing more
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
+
+
+def test_a_threshold_the_collector_cannot_take_is_a_config_error() -> None:
+    from hub.errors import ConfigError
+    from server.app import Collector
+
+    with pytest.raises(ConfigError) as refused:
+        Collector(2**31)
+    assert str(refused.value) == (
+        "serve.gc_threshold is 2147483648: set it to 2147483647 or less (Python's default is 700)"
+    )
+    Collector(2**31 - 1)  # the largest the collector takes
