@@ -18,6 +18,7 @@ from litestar.openapi import OpenAPIConfig
 from hub.errors import ConfigError
 from server.api import APIError, chat_completions, completions, get_model, list_models, not_found
 from server.cache import AdapterUnavailable, CacheBusy, StorageUnavailable
+from server.collector import IdleCollection
 from server.errors import storage_unavailable
 from server.state import ServerState, build_state
 
@@ -156,10 +157,12 @@ class Collector:
       Objects freed by their reference count never wait for it.
 
     The collector is the process's: apps running side by side in one process (tests,
-    benches) share it through ``shared``. The heap stays frozen until the last of them
-    stops, the threshold is the one of the latest started still running, and Python's
-    own come back with the last stop. A collector stopped without having started (Litestar
-    runs the shutdown hooks also when a start-up hook failed) changes nothing.
+    benches) share it through ``shared``. The threshold is the one of the latest started
+    still running, and Python's comes back with the last stop. Every stop unfreezes, also
+    while another app runs (its heap is frozen again by the next start): a stopped app
+    sits in reference cycles, and frozen they would keep its state, engine and base for
+    good. A collector stopped without having started (Litestar runs the shutdown hooks
+    also when a start-up hook failed) changes nothing.
     """
 
     class Shared:
@@ -198,17 +201,17 @@ class Collector:
             gc.set_threshold(self.threshold, *shared.saved[1:])
 
     def stop(self) -> None:
-        """Give the thresholds back and unfreeze, unless another app still runs."""
+        """Unfreeze, and give the thresholds back unless another app still runs."""
         shared = self.shared
         with shared.lock:
             if self not in shared.running:  # never started, or stopped already
                 return
             shared.running.remove(self)
-            if shared.running:  # another app still serves: its heap stays frozen
-                gc.set_threshold(shared.running[-1].threshold, *shared.saved[1:])
-                return
-            gc.set_threshold(*shared.saved)
             gc.unfreeze()
+            if shared.running:  # another app still serves: its threshold stays
+                gc.set_threshold(shared.running[-1].threshold, *shared.saved[1:])
+            else:
+                gc.set_threshold(*shared.saved)
 
 
 def create_app(state: ServerState, hub: Any = None, *, max_body_bytes: int = 1 << 20) -> Litestar:
@@ -220,6 +223,11 @@ def create_app(state: ServerState, hub: Any = None, *, max_body_bytes: int = 1 <
     from server.gate import AdmissionGate, ProtocolGate
 
     collector = Collector(state.gc_threshold)
+    engine, admission = state.engine, state.admission
+    # nothing waiting, generating or holding a queue place: collect now, not in the next burst
+    idle_collection = IdleCollection(
+        lambda: not (engine.queue_depth or engine.active or admission.holding)
+    )
     series: dict[tuple[str, int], tuple[Any, Any]] = {}  # routes x statuses: bounded
 
     def observe(path: str, status: int, seconds: float) -> None:
@@ -249,14 +257,15 @@ def create_app(state: ServerState, hub: Any = None, *, max_body_bytes: int = 1 <
         exception_handlers={Exception: _openai_error},
         openapi_config=OpenAPIConfig(title="qlora-hub", version="1", path="/schema"),
         request_max_body_size=max_body_bytes,
-        on_startup=[lambda: state.engine.start(), collector.start],
-        on_shutdown=[lambda: state.engine.stop(), collector.stop],
+        on_startup=[lambda: state.engine.start(), collector.start, idle_collection.start],
+        on_shutdown=[idle_collection.stop, lambda: state.engine.stop(), collector.stop],
         debug=False,
         # Litestar's default config puts an INFO handler on the root logger, which prints
         # every library's INFO lines (httpx's per-request ones too); the server logs its own
         logging_config=None,
     )
     app.state.server = state
+    app.state.idle_collection = idle_collection
     # outside Litestar's router, so requests for unknown paths are logged and counted too
     gate = AdmissionGate(app.asgi_handler, state)
     app.asgi_handler = access = AccessLogMiddleware(gate, observe)
