@@ -153,8 +153,9 @@ class Engine:
 
     @property
     def active(self) -> int:
-        """Rows currently decoding."""
-        return len(self.rows)
+        """Requests generating now: rows decoding and requests being prefilled."""
+        prefill = self.prefill
+        return len(self.rows) + (len(prefill.reqs) if prefill is not None else 0)
 
     def start(self) -> Engine:
         """Start the worker thread (idempotent)."""

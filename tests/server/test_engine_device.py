@@ -108,11 +108,12 @@ def test_a_long_prefill_lets_running_rows_decode(loaded) -> None:
     from server.engine import GenRequest
 
     engine = make_engine(loaded, prefill_chunk=4)
-    records: list[tuple[bool, int]] = []  # per forward pass: long prompt in flight, runner's tokens
+    # per forward pass: long prompt in flight, runner's tokens, requests the engine reports active
+    records: list[tuple[bool, int, int]] = []
     arrived = threading.Event()
 
     def on_step(rows: int) -> None:
-        records.append((engine.prefill is not None, len(runner.generated)))
+        records.append((engine.prefill is not None, len(runner.generated), engine.active))
         if started.is_set() and not arrived.is_set():
             # the runner waits for the long prompt once its text began: on a loaded machine
             # it could otherwise decode all 60 tokens before the long prompt is submitted
@@ -142,8 +143,13 @@ def test_a_long_prefill_lets_running_rows_decode(loaded) -> None:
         )
     finally:
         engine.stop()
-    in_flight = [tokens for prefilling, tokens in records if prefilling]
+    in_flight = [tokens for prefilling, tokens, _ in records if prefilling]
     assert len(in_flight) >= 10  # 10 chunk passes, plus the decode passes between them
+    # the request being prefilled counts as active beside the decoding runner (the gauge
+    # and the idle collection's check see it)
+    # (before, only the runner's row: never 2 while a prompt was being prefilled)
+    assert 2 in {active for prefilling, _, active in records if prefilling}
+    assert all(active >= 1 for prefilling, _, active in records if prefilling)
     assert max(in_flight) - min(in_flight) >= 9  # the runner gained a token after each chunk
     # the runner's cache was shifted right to make room for the longer prompt: same tokens
     assert runner.generated == solo_runner
