@@ -450,3 +450,32 @@ def test_plain_head_reads_fields_as_the_parser_does_and_in_linear_time() -> None
     assert plain_head(spaces + b"\x01\r\n\r\n", 1 << 20) is None
     # linear: microseconds; a pattern backtracking over the whitespace would take minutes
     assert time.perf_counter() - started < 5
+
+
+def test_a_caller_admitted_from_the_first_bytes_is_not_the_next_requests_on_the_connection(
+    served,
+) -> None:
+    """The first request's caller and queue place, decided from the connection's first
+    bytes, go to its own request cycle only: a keyless request after it on the same
+    kept-alive connection is refused, and no place is left held."""
+    host, port = served["url"].removeprefix("http://").split(":")
+    good = json.dumps({"model": "r0", "prompt": "hi", "max_tokens": 1}).encode()
+    first = post("/v1/completions", served["keys"]["alpha"], good).replace(
+        b"Connection: close\r\n", b""
+    )
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(first)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(65536)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        length = int(split(head + b"\r\n\r\n")[1]["content-length"])
+        while len(body) < length:
+            body += sock.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        sock.sendall(post("/v1/completions", None, good))
+        second = b""
+        while chunk := sock.recv(65536):
+            second += chunk
+    assert second.startswith(b"HTTP/1.1 401 Unauthorized\r\n")
+    assert served["state"].admission.holding == 0
