@@ -196,8 +196,9 @@ def _httptools_protocol() -> type | None:
             return True
 
         def connection_lost(self, exc: Exception | None) -> None:
-            """A queue place taken from the first bytes goes back if no request cycle took it
-            (the parser refused the head, or the client left first)."""
+            """A queue place taken from the first bytes goes back if no request cycle took it.
+            A safeguard: the parser reads a plain head whole in the same call, and it is one
+            llhttp accepts (tests/server/test_early_gate_review.py)."""
             admitted, self._admitted = self._admitted, None
             if admitted is not None and "leave" in admitted:
                 admitted["leave"]()
