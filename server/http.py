@@ -22,6 +22,8 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from hub.errors import ConfigError
+
 log = logging.getLogger("qlora_hub.server.http")
 
 # request targets the protocol's admission gate checks (exactly; anything else, a query
@@ -238,7 +240,19 @@ def tune_interpreter(settings: Any) -> None:
     ms made a burst's 429s come back sooner on a loaded machine but cost about a fifth
     of the serving throughput on an idle one (docs/benchmarks.md).
     """
-    sys.setswitchinterval(settings.get("serve.switch_interval_ms") / 1000)
+    sys.setswitchinterval(switch_interval_s(settings))
+
+
+def switch_interval_s(settings: Any) -> float:
+    """``serve.switch_interval_ms`` in seconds; a :class:`ConfigError` unless above 0 and at
+    most 1,000 ms (``serve`` checks it before loading the base)."""
+    ms = settings.get("serve.switch_interval_ms")
+    if not 0 < ms <= 1000:
+        raise ConfigError(
+            f"serve.switch_interval_ms is {ms}: set it above 0 and at most 1000"
+            " (Python's default is 5.0)"
+        )
+    return ms / 1000
 
 
 def uvicorn_config(app: Any, settings: Any, parser: str | None = None, **overrides: Any) -> Any:

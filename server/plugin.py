@@ -48,8 +48,8 @@ def serve(
 
     from hub.models import resolve_device
     from hub.store import open_store
-    from server.app import build_state, create_app
-    from server.http import uvicorn_config
+    from server.app import Collector, build_state, create_app
+    from server.http import switch_interval_s, uvicorn_config
 
     settings = state.settings
     settings.override("serve.host", host)
@@ -60,6 +60,8 @@ def serve(
     settings.override("hub.device", device)
     state.hub.engines[settings.get("serve.engine")]  # an unknown engine fails before any load
     resolve_device(settings.get("hub.device"))  # so does a bad or missing --device
+    Collector(settings.get("serve.gc_threshold"))  # and a bad collector threshold
+    switch_interval_s(settings)  # or switch interval
     state.writable_home()
     ident = settings.get("serve.identity")
     store = open_store(state.hub, settings, team=ident)

@@ -163,3 +163,29 @@ def test_the_serving_process_takes_its_switch_interval_from_the_setting(tmp_path
         assert sys.getswitchinterval() == pytest.approx(0.0005)
     finally:
         sys.setswitchinterval(0.005)
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        (
+            "GC_THRESHOLD",
+            "0",
+            "error: serve.gc_threshold is 0: set it to 1 or more (Python's default is 700)",
+        ),
+        (
+            "SWITCH_INTERVAL_MS",
+            "0",
+            "error: serve.switch_interval_ms is 0.0: set it above 0 and at most 1000"
+            " (Python's default is 5.0)",
+        ),
+    ],
+)
+def test_serve_refuses_a_bad_interpreter_setting_in_one_line_before_loading(
+    qlora_cli, embedded_base, monkeypatch, name, value, message
+) -> None:
+    monkeypatch.setenv(f"QLORA_HUB_SERVE_{name}", value)
+    res = qlora_cli("serve", "--base", str(embedded_base), "--storage", "local")
+    assert res.exit_code == 2
+    assert res.err.strip() == message
+    assert "loading base" not in res.err
