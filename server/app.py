@@ -5,27 +5,23 @@ The server's state lives in :mod:`server.state` (re-exported here: ``build_state
 
 from __future__ import annotations
 
-import gc
 import logging
 import re
-import threading
 from typing import Any
 
 from litestar import Litestar, MediaType, Request, Response, delete, get, post
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 
-from hub.errors import ConfigError
 from server.api import APIError, chat_completions, completions, get_model, list_models, not_found
 from server.cache import AdapterUnavailable, CacheBusy, StorageUnavailable
-from server.collector import IdleCollection
+from server.collector import Collector, IdleCollection
 from server.errors import storage_unavailable
 from server.state import ServerState, build_state
 
 __all__ = ["ServerState", "build_state", "create_app"]
 
 log = logging.getLogger("qlora_hub.server")
-_C_INT_MAX = 2**31 - 1
 
 
 @get("/health", sync_to_thread=False)
@@ -138,80 +134,6 @@ def _openai_error(request: Request, exc: Exception) -> Response:
     headers = getattr(exc, "headers", None) or {}
     body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
     return Response(body, status_code=status, headers=headers)
-
-
-class Collector:
-    """The garbage collector's settings while the app runs: set at start-up, given back at
-    shutdown (so a process that goes on, tests or benches, collects as before).
-
-    - What start-up built (the base, tokenizer and libraries: about 510,000 objects on the
-      embedded base) is frozen out of the collector's reach. A full collection walks every
-      tracked object with the interpreter lock held: 250 ms on the embedded base, a pause
-      the event loop and every request would share.
-    - A young collection runs once ``threshold`` more container objects were made than
-      freed (``serve.gc_threshold``; Python's 700). A request in flight holds a few hundred
-      of them (scope, task, parsed body, sampling state), so at 700 a burst of 1,000
-      requests ran about 80 young and 7 middle collections on the loop: 20-35 ms with the
-      lock held, in the window its 429s wait in. At 50,000 none ran there; one such
-      collection costs about 2 ms when every young object survives (docs/benchmarks.md).
-      Objects freed by their reference count never wait for it.
-
-    The collector is the process's: apps running side by side in one process (tests,
-    benches) share it through ``shared``. The threshold is the one of the latest started
-    still running, and Python's comes back with the last stop. Every stop unfreezes, also
-    while another app runs (its heap is frozen again by the next start): a stopped app
-    sits in reference cycles, and frozen they would keep its state, engine and base for
-    good. A collector stopped without having started (Litestar runs the shutdown hooks
-    also when a start-up hook failed) changes nothing.
-    """
-
-    class Shared:
-        """The collectors started and not yet stopped, and the thresholds before the first."""
-
-        def __init__(self) -> None:
-            self.lock = threading.Lock()
-            self.running: list[Collector] = []
-            self.saved: tuple[int, ...] = ()
-
-    process = Shared()  # this process's, unless a test passes its own
-
-    def __init__(self, threshold: int, shared: Collector.Shared | None = None) -> None:
-        if threshold < 1:
-            raise ConfigError(
-                f"serve.gc_threshold is {threshold}: set it to 1 or more (Python's default is 700)"
-            )
-        if threshold > _C_INT_MAX:  # gc.set_threshold takes a C int: OverflowError at start-up
-            raise ConfigError(
-                f"serve.gc_threshold is {threshold}: set it to {_C_INT_MAX} or less"
-                " (Python's default is 700)"
-            )
-        self.threshold = threshold
-        self.shared = shared or Collector.process
-
-    def start(self) -> None:
-        """Freeze the heap built so far and set the young threshold."""
-        shared = self.shared
-        with shared.lock:
-            gc.collect()
-            gc.freeze()
-            if not shared.running:
-                shared.saved = gc.get_threshold()
-            if self not in shared.running:
-                shared.running.append(self)
-            gc.set_threshold(self.threshold, *shared.saved[1:])
-
-    def stop(self) -> None:
-        """Unfreeze, and give the thresholds back unless another app still runs."""
-        shared = self.shared
-        with shared.lock:
-            if self not in shared.running:  # never started, or stopped already
-                return
-            shared.running.remove(self)
-            gc.unfreeze()
-            if shared.running:  # another app still serves: its threshold stays
-                gc.set_threshold(shared.running[-1].threshold, *shared.saved[1:])
-            else:
-                gc.set_threshold(*shared.saved)
 
 
 def create_app(state: ServerState, hub: Any = None, *, max_body_bytes: int = 1 << 20) -> Litestar:

@@ -138,7 +138,9 @@ class ServerMetrics:
         self.queue_depth = Gauge(
             "qlora_hub_queue_depth", "Requests waiting to join the batch", registry=r
         )
-        self.active_rows = Gauge("qlora_hub_active_rows", "Requests generating (decoding or prefilled)", registry=r)
+        self.active_rows = Gauge(
+            "qlora_hub_active_rows", "Requests generating (decoding or prefilled)", registry=r
+        )
         self.resident = Gauge(
             "qlora_hub_adapters_resident", "Resident adapter versions", registry=r
         )

@@ -48,7 +48,8 @@ def serve(
 
     from hub.models import resolve_device
     from hub.store import open_store
-    from server.app import Collector, build_state, create_app
+    from server.app import build_state, create_app
+    from server.collector import Collector
     from server.http import switch_interval_s, uvicorn_config
 
     settings = state.settings

@@ -1,5 +1,5 @@
 """Review of the early admission decision (server.gate.plain_head) and the garbage
-collector's settings while apps run (server.app.Collector).
+collector's settings while apps run (server.collector.Collector).
 
 A head ``plain_head`` reads must be one llhttp (httptools, serve's parser) reads the same
 way: the same fields and values, no 400, no upgrade. Otherwise a request is answered or
@@ -116,7 +116,7 @@ def test_plain_head_agrees_with_the_parser_on_random_heads() -> None:
 def shared():
     """A registry of running collectors of its own (another test's server may be running
     in this process: its collector is in the process-wide one), the heap unfrozen."""
-    from server.app import Collector
+    from server.collector import Collector
 
     threshold = gc.get_threshold()
     gc.unfreeze()
@@ -140,7 +140,7 @@ def test_an_app_stopping_while_another_runs_leaves_its_threshold_and_its_garbage
     both had stopped)."""
     import weakref
 
-    from server.app import Collector
+    from server.collector import Collector
 
     before = gc.get_threshold()
     first, second = Collector(50_000, shared), Collector(20_000, shared)
@@ -166,7 +166,7 @@ def test_an_app_stopping_while_another_runs_leaves_its_threshold_and_its_garbage
 def test_a_collector_stopped_without_starting_changes_nothing(shared) -> None:
     """Litestar runs the shutdown hooks also when a start-up hook failed: a server whose
     engine did not start must not unfreeze another server's heap."""
-    from server.app import Collector
+    from server.collector import Collector
 
     before = gc.get_threshold()
     running, failed = Collector(50_000, shared), Collector(50_000, shared)
@@ -182,7 +182,7 @@ def test_a_collector_stopped_without_starting_changes_nothing(shared) -> None:
 
 def test_a_threshold_the_collector_cannot_take_is_a_config_error() -> None:
     from hub.errors import ConfigError
-    from server.app import Collector
+    from server.collector import Collector
 
     with pytest.raises(ConfigError) as refused:
         Collector(2**31)
