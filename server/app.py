@@ -144,11 +144,11 @@ def create_app(state: ServerState, hub: Any = None, *, max_body_bytes: int = 1 <
     from server.accesslog import AccessLogMiddleware
     from server.gate import AdmissionGate, ProtocolGate
 
-    collector = Collector(state.gc_threshold)
-    engine, admission = state.engine, state.admission
+    # the state's fields are read when the app starts and runs, not here
+    collector = Collector(getattr(state, "gc_threshold", ServerState.gc_threshold))
     # nothing waiting, generating or holding a queue place: collect now, not in the next burst
     idle_collection = IdleCollection(
-        lambda: not (engine.queue_depth or engine.active or admission.holding)
+        lambda: not (state.engine.queue_depth or state.engine.active or state.admission.holding)
     )
     series: dict[tuple[str, int], tuple[Any, Any]] = {}  # routes x statuses: bounded
 
