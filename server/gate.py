@@ -130,6 +130,8 @@ def plain_head(data: bytes, limit: int) -> tuple[str, list[tuple[bytes, bytes]]]
     anything else is left to the parser, which reads it exactly as before, so a head read
     here is one the parser would read the same way, never one it would refuse as malformed.
     """
+    if not data.startswith(b"POST /v1/"):  # any other request: no scan for the head's end
+        return None
     end = data.find(b"\r\n\r\n", 0, limit + 4)
     if end < 0:
         return None

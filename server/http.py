@@ -144,9 +144,7 @@ def _httptools_protocol() -> type | None:
                 self.scope["path"] = self.url.decode("ascii")
                 answer = self.gate.answer(self.scope, self.server_state.default_headers)
                 if answer is not None:
-                    self._refused = True
-                    self.transport.write(answer)
-                    self.transport.close()
+                    self._refuse(answer)
                     return
             super().on_headers_complete()
 
@@ -191,11 +189,15 @@ def _httptools_protocol() -> type | None:
             if answer is None:
                 self._admitted = scope["state"]
                 return False
-            self._refused = True
             self._disarm()
+            self._refuse(answer)
+            return True
+
+        def _refuse(self, answer: bytes) -> None:
+            """Write the gate's refusal and close; whatever else the client sent is dropped."""
+            self._refused = True
             self.transport.write(answer)
             self.transport.close()
-            return True
 
         def connection_lost(self, exc: Exception | None) -> None:
             """A queue place taken from the first bytes goes back if no request cycle took it.
